@@ -1,0 +1,188 @@
+"""Affine group-wise round-to-nearest quantization in the MLX format, and its exact storage cost.
+
+Per group of `group_size` consecutive weights along the input (last) axis:
+
+    scale = (max - min) / (2**bits - 1)      bias = min
+    q     = clamp(round((w - bias) / scale), 0, 2**bits - 1)
+    w_hat = scale * q + bias
+
+Scale and bias are rounded to a 16-bit dtype *before* q is computed, so the weights we measure are
+exactly the weights a runtime rebuilds from what we store (METHOD.md §1). Packing follows MLX: each
+row is a little-endian bit stream in uint32 words, element j in bits [j*bits, (j+1)*bits).
+
+Everything here is a pure function over tensors; `rd_curve` measures all configs from one read.
+"""
+
+import math
+
+import torch
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+# (bits, group_size) for every quantized config; 16-bit is (16, 0).
+CONFIGS = tuple((b, g) for b in BITS for g in GROUP_SIZES)
+FULL = (16, 0)
+ALL_CONFIGS = CONFIGS + (FULL,)
+
+# Bytes per group: one 16-bit scale and one 16-bit bias.
+GROUP_OVERHEAD_BYTES = 4
+# SQNR reported for an exact reconstruction (all-zero tensor, or 16-bit), METHOD.md §2.
+EXACT_SQNR_DB = 100.0
+
+# Working-set bound for rd_curve: rows are processed in chunks of about this many weights.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def check_config(bits, group_size):
+    """Raise ValueError unless (bits, group_size) is a supported config."""
+    if (bits, group_size) == FULL:
+        return
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS} (or 16 for unquantized), got {bits}")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
+
+
+def tensor_bytes(n_weights, bits, group_size):
+    """Exact bytes of a tensor of `n_weights` stored at (bits, group_size); 16-bit is (16, 0).
+
+    >>> tensor_bytes(4096 * 4096, 4, 64)   # 4.5 bits per weight
+    9437184
+    """
+    if (bits, group_size) == FULL:
+        return 2 * n_weights
+    check_config(bits, group_size)
+    return math.ceil(n_weights * bits / 8) + GROUP_OVERHEAD_BYTES * math.ceil(n_weights / group_size)
+
+
+def bits_per_weight(bits, group_size):
+    """Effective bits per weight of a config: bits + 32 / group_size (16 for unquantized)."""
+    return 16.0 if (bits, group_size) == FULL else bits + 8 * GROUP_OVERHEAD_BYTES / group_size
+
+
+def fits(in_features, group_size):
+    """MLX needs the input dimension to be a whole number of groups."""
+    return group_size == 0 or in_features % group_size == 0
+
+
+def _scale_bias(w_min, w_max, bits, scale_dtype):
+    """Scale and bias rounded to the storage dtype, returned in float32 for arithmetic."""
+    levels = 2**bits - 1
+    scale = ((w_max - w_min) / levels).to(scale_dtype).float()
+    bias = w_min.to(scale_dtype).float()
+    return scale, bias
+
+
+def _codes(groups, scale, bias, bits):
+    """Integer codes of `groups` [..., n_groups, g] given per-group scale and bias [..., n_groups]."""
+    levels = 2**bits - 1
+    scale, bias = scale.unsqueeze(-1), bias.unsqueeze(-1)
+    # A group whose range rounds to a zero scale is constant: every code is 0 and w_hat = bias.
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.round((groups - bias) / safe).clamp_(0, levels)
+    return torch.where(scale == 0, torch.zeros_like(q), q)
+
+
+def quantize(w, bits, group_size, scale_dtype=torch.float16):
+    """Quantize `w` [..., in] group-wise along the last axis.
+
+    Returns (q, scales, biases): q uint8 codes [..., in]; scales and biases [..., in/group_size] in
+    `scale_dtype`. `dequantize(q, scales, biases, group_size)` rebuilds exactly the weights measured.
+    """
+    check_config(bits, group_size)
+    if (bits, group_size) == FULL:
+        raise ValueError("16-bit is stored as is, not quantized")
+    if not fits(w.shape[-1], group_size):
+        raise ValueError(f"input dimension {w.shape[-1]} is not a multiple of group size {group_size}")
+    groups = w.float().reshape(*w.shape[:-1], -1, group_size)
+    w_min, w_max = torch.aminmax(groups, dim=-1)
+    scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
+    q = _codes(groups, scale, bias, bits).reshape(w.shape).to(torch.uint8)
+    return q, scale.to(scale_dtype), bias.to(scale_dtype)
+
+
+def dequantize(q, scales, biases, group_size):
+    """Rebuild float32 weights from codes [..., in] and per-group scales/biases [..., in/g]."""
+    groups = q.float().reshape(*q.shape[:-1], -1, group_size)
+    w = groups * scales.float().unsqueeze(-1) + biases.float().unsqueeze(-1)
+    return w.reshape(q.shape)
+
+
+def pack(q, bits):
+    """Pack uint8 codes [..., in] into MLX's uint32 words [..., in*bits/32] (little-endian bit stream)."""
+    n = q.shape[-1]
+    if (n * bits) % 32:
+        raise ValueError(f"a row of {n} {bits}-bit codes does not fill whole uint32 words")
+    # Spread every code into its bits, concatenate the row's bits, regroup them by 32.
+    shifts = torch.arange(bits, dtype=torch.int64)
+    row_bits = (q.to(torch.int64).unsqueeze(-1) >> shifts) & 1
+    words = row_bits.reshape(*q.shape[:-1], n * bits // 32, 32)
+    packed = (words << torch.arange(32, dtype=torch.int64)).sum(-1)
+    # int64 -> uint32 keeps the low 32 bits, which hold the whole word.
+    return packed.to(torch.uint32)
+
+
+def unpack(packed, bits, n):
+    """Inverse of `pack`: uint32 words [..., n*bits/32] -> uint8 codes [..., n]."""
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    row_bits = (words.unsqueeze(-1) >> torch.arange(32, dtype=torch.int64)) & 1
+    codes = row_bits.reshape(*packed.shape[:-1], n, bits)
+    return (codes << torch.arange(bits, dtype=torch.int64)).sum(-1).to(torch.uint8)
+
+
+def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16):
+    """Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
+
+    Per-group min/max are computed once per group size and shared by every bit width. Configs whose
+    group size does not divide the input dimension get NaN (MLX cannot store them).
+    Returns (errors float64 [len(configs)], sum of squares of w).
+    """
+    w = w.reshape(-1, w.shape[-1])
+    rows, cols = w.shape
+    errors = torch.zeros(len(configs), dtype=torch.float64)
+    energy = 0.0
+    chunk = max(1, _CHUNK_ELEMENTS // max(cols, 1))
+    for start in range(0, rows, chunk):
+        block = w[start : start + chunk].float()
+        energy += float(block.double().square().sum())
+        by_group = {}
+        for i, (bits, g) in enumerate(configs):
+            if (bits, g) == FULL:
+                continue  # 16-bit stores the weights as they are
+            if not fits(cols, g):
+                errors[i] = float("nan")
+                continue
+            if g not in by_group:
+                groups = block.reshape(block.shape[0], -1, g)
+                by_group[g] = (groups, *torch.aminmax(groups, dim=-1))
+            groups, w_min, w_max = by_group[g]
+            scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
+            q = _codes(groups, scale, bias, bits)
+            err = q.mul_(scale.unsqueeze(-1)).add_(bias.unsqueeze(-1)).sub_(groups)
+            errors[i] += float(err.double().square().sum())
+    return errors, energy
+
+
+def nrmse_sqnr(sq_error, energy):
+    """NRMSE and SQNR (dB) from a squared error and the tensor's energy ||W||^2 (METHOD.md §2)."""
+    if energy == 0 or sq_error == 0:
+        return 0.0, EXACT_SQNR_DB
+    if math.isnan(sq_error):
+        return float("nan"), float("nan")
+    nrmse = math.sqrt(sq_error / energy)
+    return nrmse, -20 * math.log10(nrmse)
+
+
+def rd_curve(w, configs=ALL_CONFIGS, scale_dtype=torch.float16):
+    """Rate-distortion curve of one 2-D tensor: a list of dicts (bits, group_size, bytes, nrmse, sqnr_db).
+
+    16-bit has NRMSE 0 by definition (the checkpoint's own 16-bit values are the reference).
+    """
+    errors, energy = squared_errors(w, configs, scale_dtype)
+    n = w.numel()
+    curve = []
+    for (bits, g), err in zip(configs, errors.tolist()):
+        nrmse, sqnr = (0.0, EXACT_SQNR_DB) if (bits, g) == FULL else nrmse_sqnr(err, energy)
+        size = tensor_bytes(n, bits, g) if fits(w.shape[-1], g) else None
+        curve.append(dict(bits=bits, group_size=g, bytes=size, nrmse=nrmse, sqnr_db=sqnr))
+    return curve
