@@ -1,0 +1,19 @@
+# MINT pipeline: train reference models (or read yours) -> analyze -> experts -> allocate -> quantize
+# -> evaluate -> tables. Every stage is a thin rule over `mint <stage>`, so each can be run by hand.
+#   snakemake --cores 8 results/tables
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/reference.smk"
+include: "workflow/rules/analyze.smk"
+include: "workflow/rules/allocate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        "results/tables",

@@ -1,0 +1,44 @@
+"""`mint <stage>`: one subcommand per pipeline stage, each the `main()` of one module.
+
+Modules are imported only when their subcommand runs, so `mint --help` is instant and a stage's
+heavy dependencies (transformers, mlx) load only where they are used.
+"""
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line description)
+COMMANDS = {
+    "inspect": ("mint.inspect", "show a checkpoint's tensors, roles, units and sizes (or an allocation)"),
+    "analyze": ("mint.analyze", "measure every tensor of a checkpoint: RD curves and features, per shard"),
+    "experts": ("mint.experts", "cluster large expert stacks, measure representatives, aggregate units"),
+    "allocate": ("mint.allocate", "choose (bits, group) per unit to fit a memory budget (knapsack)"),
+    "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder) for an allocation"),
+    "train-reference": ("mint.reference", "train a small reference MoE model from the vendored text"),
+    "evaluate": ("mint.evaluate", "perplexity, KLD and paired comparisons on WikiText-2"),
+}
+
+
+def usage():
+    width = max(map(len, COMMANDS))
+    lines = ["usage: mint <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "`mint <command> --help` shows a command's options; `python -m mint` works the same."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"mint: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

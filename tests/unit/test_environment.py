@@ -1,0 +1,45 @@
+"""The two descriptions of the environment agree, and torch stays at the pinned CPU build."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pyproject_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return set(project["dependencies"]) | set(project["optional-dependencies"]["mlx"])
+
+
+def environment_pins():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return set(pip)
+
+
+def test_environment_yml_matches_pyproject():
+    ours, theirs = pyproject_pins(), environment_pins()
+    assert ours == theirs, f"only in pyproject: {ours - theirs}; only in environment.yml: {theirs - ours}"
+
+
+def test_every_dependency_is_pinned():
+    assert all("==" in pin for pin in pyproject_pins())
+
+
+def test_torch_is_the_pinned_cpu_build():
+    import torch
+
+    assert torch.__version__.startswith("2.13.0")
+    assert torch.version.cuda is None, "a CUDA build of torch was installed: some package asked for a newer torch"
+
+
+def test_cli_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "mint", "--help"], capture_output=True, text=True, check=True)
+    for command in ("analyze", "experts", "allocate", "quantize", "inspect", "evaluate", "train-reference"):
+        assert command in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "mint", "frobnicate"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown command" in bad.stderr

@@ -1,0 +1,157 @@
+"""The quantizer against closed forms, brute force, round trips and (when installed) mlx itself."""
+
+import math
+
+import pytest
+import torch
+
+from mint import quantizer as qz
+
+
+@pytest.mark.parametrize("bits,group", qz.CONFIGS)
+def test_bytes_closed_form(bits, group):
+    n = 768 * 2048
+    assert qz.tensor_bytes(n, bits, group) == n * bits // 8 + 4 * n // group
+    # Effective bits per weight = b + 32/g (METHOD.md §1).
+    assert qz.tensor_bytes(n, bits, group) * 8 / n == pytest.approx(qz.bits_per_weight(bits, group))
+
+
+def test_bytes_examples():
+    assert qz.bits_per_weight(4, 64) == 4.5 and qz.bits_per_weight(4, 32) == 5.0
+    assert qz.tensor_bytes(10, 16, 0) == 20
+    assert qz.tensor_bytes(100, 3, 64) == math.ceil(300 / 8) + 4 * 2
+    with pytest.raises(ValueError):
+        qz.tensor_bytes(100, 7, 64)
+    with pytest.raises(ValueError):
+        qz.tensor_bytes(100, 4, 48)
+
+
+def reference_quantize(w, bits, group, scale_dtype):
+    """Element-by-element reference: the formulas of METHOD.md §1 written out with Python floats."""
+    rows, cols = w.shape
+    out = torch.empty(rows, cols)
+    levels = 2**bits - 1
+    for r in range(rows):
+        for start in range(0, cols, group):
+            vals = w[r, start : start + group].tolist()
+            lo, hi = min(vals), max(vals)
+            scale = float(torch.tensor((hi - lo) / levels, dtype=torch.float32).to(scale_dtype).float())
+            bias = float(torch.tensor(lo, dtype=torch.float32).to(scale_dtype).float())
+            for j, v in enumerate(vals):
+                q = 0 if scale == 0 else min(levels, max(0, round((v - bias) / scale)))
+                out[r, start + j] = scale * q + bias
+    return out
+
+
+@pytest.mark.parametrize("bits", qz.BITS)
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
+def test_quantize_matches_reference(bits, scale_dtype):
+    torch.manual_seed(bits)
+    w = torch.randn(3, 64)
+    q, s, b = qz.quantize(w, bits, 32, scale_dtype)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 2**bits - 1
+    assert s.dtype == scale_dtype and s.shape == (3, 2)
+    ours = qz.dequantize(q, s, b, 32)
+    ref = reference_quantize(w, bits, 32, scale_dtype)
+    # Python's round() and torch.round() both round half to even; the arithmetic differs only in the
+    # float32 vs float64 evaluation of s*q+b.
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+
+
+def test_error_bounded_by_half_step():
+    torch.manual_seed(0)
+    w = torch.randn(16, 128)
+    for bits in qz.BITS:
+        q, s, b = qz.quantize(w, bits, 64, torch.float16)
+        err = (qz.dequantize(q, s, b, 64) - w).abs().reshape(16, 2, 64)
+        # Half a step plus the fp16 rounding of scale (times the largest code) and bias.
+        bound = s.float() / 2 + (s.float() * (2**bits - 1) + b.float().abs()) * 2**-10
+        assert (err <= bound.unsqueeze(-1) + 1e-7).all()
+
+
+def test_constant_and_zero_groups():
+    w = torch.zeros(2, 64)
+    w[1] = 0.25
+    q, s, b = qz.quantize(w, 4, 32)
+    assert torch.equal(qz.dequantize(q, s, b, 32), w)
+    errors, energy = qz.squared_errors(torch.zeros(4, 64))
+    assert energy == 0 and float(errors.nansum()) == 0
+    assert qz.nrmse_sqnr(0.0, 0.0) == (0.0, qz.EXACT_SQNR_DB)
+
+
+@pytest.mark.parametrize("bits", qz.BITS)
+def test_pack_round_trip(bits):
+    gen = torch.Generator().manual_seed(bits)
+    for shape in [(1, 32), (5, 64), (2, 3, 128), (7, 256)]:
+        q = torch.randint(0, 2**bits, shape, generator=gen, dtype=torch.uint8)
+        packed = qz.pack(q, bits)
+        assert packed.dtype == torch.uint32
+        assert packed.shape == (*shape[:-1], shape[-1] * bits // 32)
+        # Exact bytes: packed codes are exactly n*bits/8 bytes.
+        assert packed.numel() * 4 == q.numel() * bits // 8
+        assert torch.equal(qz.unpack(packed, bits, shape[-1]), q)
+
+
+def test_pack_bit_order():
+    # Element j occupies bits [j*b, (j+1)*b) of the row's little-endian bit stream.
+    q = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 7] + [0] * 21], dtype=torch.uint8)
+    word = int(qz.pack(q, 3)[0, 0])
+    assert word == 1 | (2 << 3) | (3 << 6) | (7 << 30) & 0xFFFFFFFF
+    assert int(qz.pack(q, 3)[0, 1]) == 7 >> 2
+
+
+def test_rd_curve_matches_direct_quantization():
+    torch.manual_seed(1)
+    w = torch.randn(48, 256) * torch.linspace(0.1, 2, 256)
+    curve = qz.rd_curve(w)
+    assert len(curve) == 19
+    for point in curve:
+        bits, g = point["bits"], point["group_size"]
+        if (bits, g) == qz.FULL:
+            assert point["nrmse"] == 0 and point["bytes"] == 2 * w.numel()
+            continue
+        w_hat = qz.dequantize(*qz.quantize(w, bits, g), g)
+        nrmse = float((w_hat - w).norm() / w.norm())
+        assert point["nrmse"] == pytest.approx(nrmse, rel=1e-5)
+        assert point["sqnr_db"] == pytest.approx(-20 * math.log10(point["nrmse"]), rel=1e-12)
+        assert point["bytes"] == qz.tensor_bytes(w.numel(), bits, g)
+    # More bits never hurt at a fixed group size on Gaussian-like weights.
+    by = {(p["bits"], p["group_size"]): p["nrmse"] for p in curve}
+    for g in qz.GROUP_SIZES:
+        errs = [by[(b, g)] for b in qz.BITS]
+        assert errs == sorted(errs, reverse=True)
+
+
+def test_rd_curve_chunking_is_invisible(monkeypatch):
+    torch.manual_seed(2)
+    w = torch.randn(64, 128)
+    whole = qz.squared_errors(w)[0]
+    monkeypatch.setattr(qz, "_CHUNK_ELEMENTS", 128 * 5)  # 5 rows per chunk
+    chunked = qz.squared_errors(w)[0]
+    assert torch.allclose(whole, chunked, rtol=1e-9)
+
+
+def test_group_not_dividing_is_dropped():
+    curve = qz.rd_curve(torch.randn(4, 96))
+    sizes = {(p["bits"], p["group_size"]): p["bytes"] for p in curve}
+    assert sizes[(4, 32)] is not None and sizes[(4, 64)] is None and sizes[(4, 128)] is None
+    with pytest.raises(ValueError, match="multiple of group size"):
+        qz.quantize(torch.randn(4, 96), 4, 64)
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("bits", qz.BITS)
+@pytest.mark.parametrize("group", qz.GROUP_SIZES)
+def test_mlx_dequantize_equals_ours(bits, group):
+    mx = pytest.importorskip("mlx.core")
+    import numpy as np
+
+    torch.manual_seed(bits * group)
+    w = torch.randn(2, 3, 256) * 0.05
+    for scale_dtype in (torch.float16, torch.bfloat16):
+        q, s, b = qz.quantize(w, bits, group, scale_dtype)
+        packed = mx.array(qz.pack(q, bits).view(torch.int32).numpy()).view(mx.uint32)
+        # Scales and biases widened to float32 exactly, so mlx computes s*q+b in float32 like we do.
+        theirs = mx.dequantize(packed, mx.array(s.float().numpy()), mx.array(b.float().numpy()),
+                               group_size=group, bits=bits)
+        assert np.array_equal(np.array(theirs), qz.dequantize(q, s, b, group).numpy())

@@ -1,0 +1,40 @@
+rule allocate:
+    input:
+        units="results/{model}/units/units.parquet",
+    output:
+        "results/{model}/alloc/{variant}/{budget}.json",
+    params:
+        solver=lambda wc: get_variant(wc)["solver"],
+        floor=lambda wc: get_variant(wc)["sqnr_floor_db"],
+    log:
+        "logs/{model}/allocate/{variant}/{budget}.log",
+    benchmark:
+        "results/benchmarks/{model}/allocate/{variant}/{budget}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "mint allocate --units {input.units} --budget {wildcards.budget} --solver {params.solver}"
+        " --sqnr-floor {params.floor} --out {output} > {log} 2>&1"
+
+
+rule quantize:
+    input:
+        checkpoint=get_checkpoint,
+        allocation="results/{model}/alloc/{variant}/{budget}.json",
+        rules="results/{model}/rules.json",
+    output:
+        mlx=directory("results/{model}/mlx/{variant}/{budget}"),
+        dequant=directory("results/{model}/dequant/{variant}/{budget}"),
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+    log:
+        "logs/{model}/quantize/{variant}/{budget}.log",
+    benchmark:
+        "results/benchmarks/{model}/quantize/{variant}/{budget}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "mint quantize --checkpoint {params.checkpoint} --rules {input.rules} --allocation {input.allocation}"
+        " --mlx-out {output.mlx} --dequant-out {output.dequant} > {log} 2>&1"

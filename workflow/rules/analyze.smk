@@ -1,0 +1,50 @@
+rule analyze:
+    input:
+        checkpoint=get_checkpoint,
+        rules="results/{model}/rules.json",
+    output:
+        rd="results/{model}/analysis/{shard}.rd.parquet",
+        features="results/{model}/analysis/{shard}.features.parquet",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        threshold=config["analysis"]["cluster_threshold"],
+        spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+    log:
+        "logs/{model}/analyze/{shard}.log",
+    benchmark:
+        "results/benchmarks/{model}/analyze/{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "mint analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
+        " --cluster-threshold {params.threshold} {params.spectral} --threads {threads}"
+        " --out results/{wildcards.model}/analysis > {log} 2>&1"
+
+
+rule experts:
+    input:
+        tables=get_analysis_tables,
+        rules="results/{model}/rules.json",
+    output:
+        units="results/{model}/units/units.parquet",
+        clusters="results/{model}/units/clusters.parquet",
+        experts="results/{model}/units/experts.parquet",
+        features="results/{model}/units/features.parquet",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        k=config["analysis"]["clusters_per_unit"],
+        seed=config["analysis"]["seed"],
+        aggregation=config["analysis"]["aggregation"],
+        spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+    log:
+        "logs/{model}/experts.log",
+    benchmark:
+        "results/benchmarks/{model}/experts.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "mint experts --checkpoint {params.checkpoint} --rules {input.rules} --analysis results/{wildcards.model}/analysis"
+        " --k {params.k} --seed {params.seed} --aggregation {params.aggregation} {params.spectral}"
+        " --out results/{wildcards.model}/units > {log} 2>&1"

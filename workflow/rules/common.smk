@@ -1,0 +1,93 @@
+import glob
+import json
+import os
+import re
+
+from snakemake.utils import validate
+
+
+validate(config, "../../config/schema.yaml")
+
+MODELS = list(config["models"])
+VARIANTS = list(config["variants"])
+BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]})
+
+
+def alternatives(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+wildcard_constraints:
+    model=alternatives(MODELS),
+    variant=alternatives(VARIANTS),
+    budget=alternatives(BUDGETS),
+    shard=r"[^/]+",
+
+
+def model_source(model):
+    return config["models"][model]["source"]
+
+
+def checkpoint_dir(model):
+    """The model's Hugging Face folder: the user's own, a hub download, or a reference trained here."""
+    source = model_source(model)
+    if "path" in source:
+        return source["path"]
+    if "hub" in source:
+        return f"resources/{model}"
+    return f"results/{model}/checkpoint"
+
+
+def get_checkpoint(wildcards):
+    """Input that stands for the whole checkpoint: a produced folder, or the user's config.json."""
+    source = model_source(wildcards.model)
+    if "path" in source:
+        return os.path.join(source["path"], "config.json")
+    return checkpoint_dir(wildcards.model)
+
+
+def get_shards(model):
+    """Shard names (file stems) of a model; for produced checkpoints, known once they exist."""
+    source = model_source(model)
+    if "reference" in source:
+        checkpoints.train_reference.get(model=model)
+    elif "hub" in source:
+        checkpoints.download.get(model=model)
+    files = sorted(glob.glob(os.path.join(checkpoint_dir(model), "*.safetensors")))
+    if not files:
+        raise ValueError(f"model {model}: no *.safetensors in {checkpoint_dir(model)}")
+    return [os.path.basename(f)[: -len(".safetensors")] for f in files]
+
+
+def get_analysis_tables(wildcards):
+    return expand(
+        "results/{model}/analysis/{shard}.{kind}.parquet",
+        model=wildcards.model,
+        shard=get_shards(wildcards.model),
+        kind=["rd", "features"],
+    )
+
+
+def get_rules_file(model):
+    """Extra classification rules of a model entry, written to a file the CLI reads."""
+    return f"results/{model}/rules.json"
+
+
+def get_variant(wildcards):
+    defaults = {"solver": "exact", "sqnr_floor_db": 9.0}
+    return {**defaults, **config["variants"][wildcards.variant]}
+
+
+def get_budgets(model):
+    return config["models"][model]["budgets"]
+
+
+def get_allocations(model):
+    return expand("results/{model}/alloc/{variant}/{budget}.json", model=model, variant=VARIANTS,
+                  budget=get_budgets(model))
+
+
+def get_evaluations(model):
+    return [f"results/{model}/eval/bf16.json"] + expand(
+        "results/{model}/eval/{variant}/{budget}.json", model=model, variant=VARIANTS,
+        budget=get_budgets(model))
