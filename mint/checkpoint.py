@@ -1,0 +1,311 @@
+"""Read a Hugging Face MoE checkpoint one tensor at a time, each tensor tagged with its role and MLX unit.
+
+A checkpoint folder holds config.json and one or more *.safetensors shards (with or without
+model.safetensors.index.json). We parse the shard headers ourselves (8-byte length + JSON), so
+listing a 100 GB model reads a few kilobytes, and read tensors with safetensors' lazy `safe_open`,
+one at a time, so the working set is one tensor (one expert with `read_expert`), never the model.
+Pickled .bin checkpoints are refused, never unpickled.
+
+Where each tensor belongs comes from the rules in mint/layouts.py. For example, on Mixtral-8x7B:
+
+    ckpt = Checkpoint("path/to/Mixtral-8x7B")
+    refs = ckpt.units()["model.layers.0.block_sparse_moe.switch_mlp.gate_proj"]
+    refs[1].name                     # 'model.layers.0.block_sparse_moe.experts.1.w1.weight'
+    ckpt.read(refs[1]).shape         # torch.Size([14336, 4096])
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, layout_for
+
+# Dtypes on disk we read; anything else (fp8, int) is a different quantized or non-float format.
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+INDEX_FILE = "model.safetensors.index.json"
+# A safetensors header longer than this is corrupt, not large (headers are ~100 bytes per tensor).
+_MAX_HEADER_BYTES = 100 << 20
+# config.json keys holding the number of routed experts per layer, by architecture.
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+class CheckpointError(ValueError):
+    """The folder is not a checkpoint we can read; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor on disk (or one part of a fused tensor), where it lives and what it is."""
+
+    name: str  # as on disk
+    shard: str  # file name inside the checkpoint folder
+    shape: tuple  # as on disk
+    dtype: str  # as on disk: "BF16", "F16" or "F32"
+    role: str
+    layer: int | None
+    expert: int | None  # expert index of a per-expert tensor; None for a fused stack
+    proj: str | None  # projection as MLX names it (gate_proj, up_proj, down_proj, q_proj, ...)
+    unit: str  # MLX module path (a parameter path for 1-D tensors)
+    split: tuple[int, int] | None = None  # (index, parts) of a fused tensor along its out axis
+    transpose: bool = False  # stored [..., in, out] on disk
+
+    @property
+    def n_experts(self) -> int:
+        """E for a fused 3-D stack of experts, else 1."""
+        return self.shape[0] if len(self.shape) == 3 and self.role == "routed_expert" else 1
+
+    @property
+    def out_in(self) -> tuple[int, int]:
+        """Matrix shape [out, in] of one expert after split/transpose; (n, 1) for a 1-D tensor."""
+        if len(self.shape) <= 1:
+            return (self.shape[0] if self.shape else 1, 1)
+        if len(self.shape) > 3 or (len(self.shape) == 3 and self.n_experts == 1):
+            return (self.shape[0], math.prod(self.shape[1:]))
+        rows, cols = self.shape[-2:]
+        out, inp = (cols, rows) if self.transpose else (rows, cols)
+        if self.split is not None:
+            out //= self.split[1]
+        return out, inp
+
+    @property
+    def numel(self) -> int:
+        """Weights in this ref (this part only, for a fused tensor)."""
+        out, inp = self.out_in
+        return self.n_experts * out * inp
+
+    @property
+    def quantizable(self) -> bool:
+        """False for tensors that always stay 16-bit (norms, biases, "other")."""
+        return self.role not in PARAMETER_ROLES
+
+
+def read_header(path):
+    """The tensors of one safetensors file: {name: {"dtype", "shape", "data_offsets"}}, file order."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= _MAX_HEADER_BYTES:
+                raise CheckpointError(f"{path}: not a safetensors file (header length {size})")
+            header = json.loads(f.read(size))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable safetensors header: {e}") from None
+    header.pop("__metadata__", None)
+    return dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
+
+
+def _find_shards(path):
+    """Shard file names in order, and {tensor name: shard} from the index when there is one."""
+    index = path / INDEX_FILE
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (path / s).exists()]
+        if missing:
+            raise CheckpointError(f"{path}: {INDEX_FILE} names shards that are missing: {missing}")
+        return shards, weight_map
+    # Without an index, model*.safetensors are the weights (Mistral repos also ship consolidated.*).
+    files = sorted(p.name for p in path.glob("model*.safetensors")) or sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles:
+            raise CheckpointError(
+                f"{path}: only pickled weights ({', '.join(pickles[:3])}); MINT reads safetensors only and "
+                "never unpickles. Convert the checkpoint to safetensors first (e.g. load it in transformers "
+                "and save_pretrained)."
+            )
+        raise CheckpointError(f"{path}: no *.safetensors weight files")
+    return files, None
+
+
+def _classify(name, info, shard, layout):
+    """TensorRefs of one tensor on disk (two or more for a fused tensor). Raises LayoutError."""
+    shape, dtype = tuple(info["shape"]), info["dtype"]
+    rule, m = layout.match(name)
+    common = dict(name=name, shard=shard, shape=shape, dtype=dtype)
+    if len(shape) <= 1 and (rule is None or rule.role != "other"):
+        # Norm weights and biases: always 16-bit, stored under their own parameter path.
+        return [TensorRef(**common, role="norm", layer=None, expert=None, proj=None, unit=layout.mlx_path(name))]
+    if rule is None:
+        return []
+    groups = m.groupdict()
+    layer = int(groups["layer"]) if groups.get("layer") is not None else None
+    expert = int(groups["expert"]) if groups.get("expert") is not None else None
+    proj = groups.get("proj")
+    proj = rule.proj_map.get(proj, proj)
+    if rule.role == "other":
+        return [TensorRef(**common, role="other", layer=layer, expert=expert, proj=proj, unit=rule.unit_for(name, groups, proj))]
+    if len(shape) == 3 and (rule.role != "routed_expert" or expert is not None):
+        raise LayoutError(f"{name}: a 3-D tensor can only be a fused stack of routed experts (rule {rule.pattern.pattern!r})")
+    if len(shape) > 3:
+        raise LayoutError(f"{name}: {len(shape)}-D tensor with role {rule.role}")
+    if not rule.parts:
+        unit = rule.unit_for(name, groups, proj)
+        return [TensorRef(**common, role=rule.role, layer=layer, expert=expert, proj=proj, unit=unit, transpose=rule.transpose)]
+    out = shape[-1] if rule.transpose else shape[-2]
+    if out % len(rule.parts):
+        raise LayoutError(f"{name}: out axis {out} does not split into {len(rule.parts)} parts")
+    return [
+        TensorRef(
+            **common, role=rule.role, layer=layer, expert=expert, proj=part,
+            unit=rule.unit_for(name, groups, part), split=(i, len(rule.parts)), transpose=rule.transpose,
+        )
+        for i, part in enumerate(rule.parts)
+    ]
+
+
+def _check_units(units, expected_experts):
+    """Raise CheckpointError unless every unit is consistent (one tensor, or a full expert stack)."""
+    for unit, refs in units.items():
+        if refs[0].role != "routed_expert":
+            if len(refs) > 1:
+                raise CheckpointError(f"unit {unit} gets {len(refs)} tensors ({refs[0].name}, {refs[1].name}, ...); fix the rules")
+            continue
+        if len({(r.out_in, r.dtype) for r in refs}) > 1:
+            raise CheckpointError(f"experts of {unit} differ in shape or dtype")
+        fused = [r for r in refs if r.expert is None]
+        if fused and len(refs) > 1:
+            raise CheckpointError(f"unit {unit} mixes a fused expert stack with other tensors")
+        if not fused and [r.expert for r in refs] != list(range(len(refs))):
+            raise CheckpointError(f"unit {unit}: expert indices {[r.expert for r in refs]} are not 0..{len(refs) - 1}")
+        n = sum(r.n_experts for r in refs)
+        if expected_experts and n != expected_experts:
+            raise CheckpointError(f"unit {unit} has {n} experts, config.json says {expected_experts}")
+
+
+class Checkpoint:
+    """A Hugging Face checkpoint folder, classified tensor by tensor; tensors are read on demand.
+
+    Args:
+        path: folder with config.json and *.safetensors.
+        rules: extra naming rules (dicts, see mint/layouts.py), tried before the built-in ones.
+    """
+
+    def __init__(self, path, rules=None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a folder")
+        config_file = self.path / "config.json"
+        if not config_file.exists():
+            raise CheckpointError(f"{self.path}: no config.json (a Hugging Face checkpoint folder has one)")
+        self.config = json.loads(config_file.read_text())
+        self.model_type = self.config.get("model_type", "")
+        self.architecture = (self.config.get("architectures") or [self.model_type or "unknown"])[0]
+        try:
+            self.layout = layout_for(self.config, rules)
+        except LayoutError as e:
+            raise CheckpointError(str(e)) from None
+        self.shards, weight_map = _find_shards(self.path)
+        self.refs = self._classify_all(weight_map)
+        self._units = {}
+        for ref in self.refs:
+            self._units.setdefault(ref.unit, []).append(ref)
+        for refs in self._units.values():
+            refs.sort(key=lambda r: -1 if r.expert is None else r.expert)
+        _check_units(self._units, self._expected_experts())
+
+    @property
+    def text_config(self) -> dict:
+        """The language model's config (nested under `text_config` in multimodal configs)."""
+        return self.config.get("text_config", self.config)
+
+    def _expected_experts(self):
+        for key in _EXPERT_COUNT_KEYS:
+            if isinstance(self.text_config.get(key), int):
+                return self.text_config[key]
+        return None
+
+    def _classify_all(self, weight_map):
+        refs, seen, unmatched = [], {}, []
+        for shard in self.shards:
+            for name, info in read_header(self.path / shard).items():
+                if weight_map is not None and weight_map.get(name) != shard:
+                    continue  # the index is the truth about which copy transformers loads
+                if name in seen:
+                    raise CheckpointError(f"{name} is in both {seen[name]} and {shard}")
+                seen[name] = shard
+                if info["dtype"] not in DTYPES:
+                    raise CheckpointError(
+                        f"{name} has dtype {info['dtype']}; MINT reads 16/32-bit float checkpoints ({', '.join(DTYPES)})"
+                    )
+                try:
+                    found = _classify(name, info, shard, self.layout)
+                except LayoutError as e:
+                    raise CheckpointError(f"{self.path}: {e}") from None
+                if not found:
+                    unmatched.append(name)
+                refs.extend(found)
+        if weight_map is not None and set(weight_map) - set(seen):
+            missing = sorted(set(weight_map) - set(seen))
+            raise CheckpointError(f"{self.path}: {len(missing)} tensors of the index are not in their shards, e.g. {missing[:3]}")
+        if unmatched:
+            raise CheckpointError(
+                f"{self.path}: {len(unmatched)} tensors of {self.architecture} (model_type {self.model_type!r}) "
+                f"match no rule of layout {self.layout.name!r}, e.g. {unmatched[:4]}. To read this checkpoint, "
+                + HOW_TO_ADD_RULES
+            )
+        return refs
+
+    def units(self) -> dict[str, list[TensorRef]]:
+        """unit -> its refs (experts in index order), in the order units first appear on disk."""
+        return dict(self._units)
+
+    def refs_in_shard(self, shard) -> list[TensorRef]:
+        """Refs stored in one shard file, in file order."""
+        return [r for r in self.refs if r.shard == shard]
+
+    def num_experts(self, unit) -> int:
+        """Routed experts in a unit (1 for any other unit)."""
+        return sum(r.n_experts for r in self._units[unit])
+
+    def n_params(self) -> int:
+        """Number of weights in the checkpoint (every tensor counted)."""
+        return sum(r.numel for r in self.refs)
+
+    def size16_bytes(self) -> int:
+        """Bytes of the whole model stored in 16 bits."""
+        return 2 * self.n_params()
+
+    def read(self, ref) -> torch.Tensor:
+        """The tensor of `ref` in its dtype on disk, split and transposed: [out, in], [E, out, in] or 1-D."""
+        return self._read(ref, None)
+
+    def read_expert(self, ref, e) -> torch.Tensor:
+        """Expert `e` [out, in] of a fused stack, reading only that expert's bytes.
+
+        A per-expert ref (n_experts 1) is the expert itself: `e` must be its index (or 0).
+        """
+        if ref.n_experts == 1:
+            if e not in (0, ref.expert):
+                raise IndexError(f"{ref.name} holds expert {ref.expert}, not {e}")
+            return self._read(ref, None)
+        if not 0 <= e < ref.n_experts:
+            raise IndexError(f"{ref.name} has {ref.n_experts} experts, asked for {e}")
+        return self._read(ref, e)
+
+    def _read(self, ref, expert):
+        with safe_open(self.path / ref.shard, framework="pt") as f:
+            if ref.split is None and expert is None:
+                t = f.get_tensor(ref.name)
+            else:
+                t = f.get_slice(ref.name)[_slices(ref, expert)]
+        if ref.transpose:
+            t = t.transpose(-1, -2)
+        return t.contiguous()
+
+
+def _slices(ref, expert):
+    """Index tuple selecting one expert and/or one part of a fused tensor on disk."""
+    index = [slice(None)] * len(ref.shape)
+    if expert is not None:
+        index[0] = expert
+    if ref.split is not None:
+        i, parts = ref.split
+        axis = len(ref.shape) - (1 if ref.transpose else 2)
+        size = ref.shape[axis] // parts
+        index[axis] = slice(i * size, (i + 1) * size)
+    return tuple(index)
