@@ -1,0 +1,199 @@
+"""Per-tensor measurements from weights alone (METHOD.md §2), one safetensors shard at a time.
+
+For every 2-D weight (every expert of a stack) the full rate-distortion curve over the 18 quantized
+configs plus 16-bit, and the extra features (norm, std, kurtosis, group-kurtosis percentiles, 3-sigma
+outliers, spectral features). Routed experts of a unit with more than `cluster_threshold` experts get
+only the light statistics here (norm, std, kurtosis); `mint experts` clusters them and measures one
+representative per cluster (METHOD.md §3).
+
+Outputs, per shard, two Parquet tables: `rd` (one row per matrix and config) and `features` (one row
+per matrix). Shards are independent, so they can be analysed in parallel and resumed.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mint import quantizer
+from mint.checkpoint import Checkpoint, CheckpointError
+
+# Units with more routed experts than this are clustered (METHOD.md §3).
+CLUSTER_THRESHOLD = 32
+# Rank of the randomized SVD for spectral features (METHOD.md §2).
+SPECTRAL_RANK = 256
+# Group size for the per-group kurtosis percentiles.
+KURTOSIS_GROUP = 128
+
+
+def storage_dtype(dtype):
+    """16-bit dtype for scales, biases and unquantized tensors: the checkpoint's own, bf16 for fp32."""
+    return torch.float16 if dtype in ("F16", torch.float16) else torch.bfloat16
+
+
+def light_stats(w):
+    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, one pass)."""
+    x = w.double().flatten()
+    mean = x.mean()
+    centered = x - mean
+    var = centered.square().mean()
+    kurt = float(centered.pow(4).mean() / var.square() - 3) if var > 0 else 0.0
+    return dict(norm=float(x.norm()), std=float(var.sqrt()), kurtosis=kurt)
+
+
+def _group_kurtosis(w, group=KURTOSIS_GROUP):
+    """Percentiles (50, 90, 99) of the excess kurtosis of groups along the input axis."""
+    if w.shape[-1] % group:
+        group = w.shape[-1]
+    g = w.float().reshape(-1, group)
+    c = g - g.mean(-1, keepdim=True)
+    var = c.square().mean(-1)
+    kurt = torch.where(var > 0, c.pow(4).mean(-1) / var.clamp_min(1e-30).square() - 3, torch.zeros_like(var))
+    p = torch.quantile(kurt, torch.tensor([0.5, 0.9, 0.99]))
+    return dict(group_kurtosis_p50=float(p[0]), group_kurtosis_p90=float(p[1]), group_kurtosis_p99=float(p[2]))
+
+
+def spectral_features(w, rank=SPECTRAL_RANK, seed=0):
+    """Stable rank, tail mass outside the top k/10 singular values, and log10(s1/s_k).
+
+    A seeded randomized SVD of rank `rank` (exact singular values for smaller matrices).
+    """
+    w = w.float()
+    energy = float(w.double().square().sum())
+    if energy == 0:
+        return dict(stable_rank=0.0, tail_mass=0.0, log10_cond=0.0)
+    if min(w.shape) <= rank:
+        s = torch.linalg.svdvals(w)
+    else:
+        torch.manual_seed(seed)
+        _, s, _ = torch.svd_lowrank(w, q=rank, niter=2)
+    k = len(s)
+    top = s[: max(1, k // 10)].double().square().sum()
+    s_k = float(s[-1])
+    return dict(
+        stable_rank=energy / float(s[0]) ** 2,
+        tail_mass=max(0.0, 1.0 - float(top) / energy),
+        log10_cond=math.log10(float(s[0]) / s_k) if s_k > 0 else float("inf"),
+    )
+
+
+def tensor_features(w, spectral=True):
+    """All extra features of METHOD.md §2 for one matrix."""
+    feats = light_stats(w)
+    x = w.float()
+    feats["outlier_frac"] = float(((x - x.mean()).abs() > 3 * x.std()).float().mean()) if x.numel() > 1 else 0.0
+    feats.update(_group_kurtosis(w))
+    if spectral:
+        feats.update(spectral_features(w))
+    return feats
+
+
+def rd_rows(w, scale_dtype, configs=quantizer.ALL_CONFIGS):
+    """The RD curve of one matrix as rows; configs MLX cannot store (group does not divide) are dropped."""
+    return [row for row in quantizer.rd_curve(w, configs, scale_dtype) if row["bytes"] is not None]
+
+
+def _matrices(ckpt, ref):
+    """Yield (expert index or -1, matrix) for a reference: one matrix, or every expert of a fused stack."""
+    if ref.n_experts > 1:
+        for e in range(ref.n_experts):
+            yield e, ckpt.read_expert(ref, e)
+    else:
+        yield (-1 if ref.expert is None else ref.expert), ckpt.read(ref)
+
+
+def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=True, progress=True):
+    """Measure every tensor of one shard. Returns (rd DataFrame, features DataFrame)."""
+    rd, features = [], []
+    refs = ckpt.refs_in_shard(shard)
+    for ref in tqdm(refs, desc=f"analyze {shard}", unit="tensor", disable=not progress):
+        scale_dtype = storage_dtype(ref.dtype)
+        clustered = ref.role == "routed_expert" and ckpt.num_experts(ref.unit) > cluster_threshold
+        for expert, w in _matrices(ckpt, ref):
+            ident = dict(tensor=ref.name, shard=shard, unit=ref.unit, role=ref.role,
+                         layer=-1 if ref.layer is None else ref.layer, expert=expert,
+                         proj=ref.proj or "", n_params=w.numel())
+            if w.dim() < 2 or not ref.quantizable:
+                # Norms, biases and other non-module tensors always stay 16-bit (METHOD.md §4).
+                rd.append(dict(ident, bits=16, group_size=0, bytes=2 * w.numel(), nrmse=0.0,
+                               sqnr_db=quantizer.EXACT_SQNR_DB))
+                continue
+            if clustered:
+                features.append(dict(ident, analyzed=False, **light_stats(w)))
+                continue
+            started = time.perf_counter()
+            rows = rd_rows(w, scale_dtype)
+            feats = tensor_features(w, spectral=spectral)
+            rd.extend(dict(ident, **row) for row in rows)
+            features.append(dict(ident, analyzed=True, seconds=time.perf_counter() - started, **feats))
+    return pd.DataFrame(rd), pd.DataFrame(features)
+
+
+def write_parquet(df, path):
+    """Write a table atomically: a crash never leaves a half-written file in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOLD, spectral=True,
+            threads=None, rules=None):
+    """Analyse the given shards (default: all) of a checkpoint into `out_dir/<shard>.{rd,features}.parquet`.
+
+    Shards whose outputs already exist are skipped, so an interrupted run resumes where it stopped.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = Checkpoint(checkpoint, rules=rules)
+    out_dir = Path(out_dir)
+    for shard in shards or ckpt.shards:
+        if shard not in ckpt.shards:
+            raise CheckpointError(f"{checkpoint}: no shard named {shard!r} (shards: {', '.join(ckpt.shards)})")
+        rd_path = out_dir / f"{Path(shard).stem}.rd.parquet"
+        feat_path = out_dir / f"{Path(shard).stem}.features.parquet"
+        if rd_path.exists() and feat_path.exists():
+            continue
+        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral)
+        write_parquet(features, feat_path)
+        write_parquet(rd, rd_path)
+    return out_dir
+
+
+def load_rules(path):
+    """Extra classification rules (a JSON list, as in a config entry's `rules`); empty file = none."""
+    with open(path) as f:
+        rules = json.load(f)
+    return rules or None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="mint analyze", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder (config.json + *.safetensors)")
+    p.add_argument("--out", required=True, help="output folder for <shard>.rd.parquet and <shard>.features.parquet")
+    p.add_argument("--shard", action="append", dest="shards", help="analyse only this shard (repeatable)")
+    p.add_argument("--cluster-threshold", type=int, default=CLUSTER_THRESHOLD,
+                   help="units with more routed experts than this are clustered (default %(default)s)")
+    p.add_argument("--no-spectral", dest="spectral", action="store_false", help="skip the randomized SVD features")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--rules", type=load_rules, default=None,
+                   help="JSON file of extra classification rules for an unknown architecture")
+    args = p.parse_args(argv)
+    try:
+        analyze(**vars(args))
+    except CheckpointError as e:
+        print(f"mint analyze: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Analysis and expert aggregation on tiny checkpoints written by transformers."""
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mint import analyze, experts, quantizer
+from mint.checkpoint import Checkpoint
+from mint.testing import make_tiny_checkpoint
+
+
+def run_pipeline(ckpt_dir, tmp_path, **kwargs):
+    analyze.analyze(ckpt_dir, tmp_path / "analysis", spectral=False)
+    return experts.build_units(ckpt_dir, tmp_path / "analysis", tmp_path / "units", spectral=False, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "llama4"])
+def test_units_cover_every_weight(arch, tmp_path):
+    ckpt_dir = make_tiny_checkpoint(arch, tmp_path / arch, hidden=128, intermediate=128, max_shard_size="150KB")
+    units = run_pipeline(ckpt_dir, tmp_path)
+    ckpt = Checkpoint(ckpt_dir)
+    full = units[units["bits"] == 16]
+    # Every parameter is in exactly one unit, and all-16-bit is the checkpoint's 16-bit size.
+    assert full["n_params"].sum() == ckpt.n_params()
+    assert full["bytes"].sum() == ckpt.size16_bytes()
+    assert set(full["unit"]) == set(ckpt.units())
+    # Quantizable units have all 18 configs (every dimension here is a multiple of 128) + 16-bit.
+    per_unit = units.groupby("unit").size()
+    quantizable = {u for u, refs in ckpt.units().items() if refs[0].quantizable}
+    assert (per_unit[list(quantizable)] == 19).all()
+    assert (per_unit.drop(list(quantizable)) == 1).all()
+
+
+def test_aggregation_is_conservative(tmp_path):
+    ckpt_dir = make_tiny_checkpoint("mixtral", tmp_path / "m", num_experts=8, hidden=128, intermediate=128)
+    units = run_pipeline(ckpt_dir, tmp_path)
+    rd = pd.read_parquet(tmp_path / "units" / "experts.parquet")
+    unit = "model.layers.1.block_sparse_moe.switch_mlp.down_proj"
+    members = rd[(rd["unit"] == unit) & (rd["bits"] == 3) & (rd["group_size"] == 64)]
+    row = units[(units["unit"] == unit) & (units["bits"] == 3) & (units["group_size"] == 64)].iloc[0]
+    assert len(members) == 8 and row["n_experts"] == 8
+    assert row["nrmse"] == members["nrmse"].max()
+    assert row["sqnr_db"] == members["sqnr_db"].min()
+    assert row["bytes"] == members["bytes"].sum() == 8 * quantizer.tensor_bytes(128 * 128, 3, 64)
+    mean = run_pipeline(ckpt_dir, tmp_path / "mean", aggregation="mean")
+    mrow = mean[(mean["unit"] == unit) & (mean["bits"] == 3) & (mean["group_size"] == 64)].iloc[0]
+    assert mrow["nrmse"] == pytest.approx(members["nrmse"].mean())
+    assert mrow["nrmse"] < row["nrmse"]
+
+
+def plant_heavy_tailed_expert(ckpt_dir, name, seed=0):
+    """Replace one expert's weights with Student-t (3 dof) values of the same standard deviation."""
+    for shard in ckpt_dir.glob("*.safetensors"):
+        tensors = load_file(shard)
+        if name in tensors:
+            w = tensors[name].float()
+            gen = torch.Generator().manual_seed(seed)
+            normal = torch.randn(w.shape, generator=gen)
+            chi2 = torch.randn(3, *w.shape, generator=gen).square().sum(0)
+            t = normal / (chi2 / 3).sqrt()
+            tensors[name] = (t / t.std() * w.std()).to(torch.bfloat16)
+            save_file(tensors, shard, metadata={"format": "pt"})
+            return tensors[name]
+    raise AssertionError(f"{name} not found")
+
+
+def test_planted_heavy_tailed_expert_gets_its_own_cluster(tmp_path):
+    ckpt_dir = make_tiny_checkpoint("qwen3_moe", tmp_path / "q", num_experts=64, hidden=128, intermediate=128,
+                                    num_layers=1)
+    planted = plant_heavy_tailed_expert(ckpt_dir, "model.layers.0.mlp.experts.17.down_proj.weight")
+    units = run_pipeline(ckpt_dir, tmp_path, k=8)
+    clusters = pd.read_parquet(tmp_path / "units" / "clusters.parquet")
+    unit = "model.layers.0.mlp.switch_mlp.down_proj"
+    stack = clusters[clusters["unit"] == unit]
+    assert len(stack) == 64 and stack["cluster"].nunique() == 8
+    label = stack.loc[stack["expert"] == 17, "cluster"].item()
+    assert (stack["cluster"] == label).sum() == 1, "the heavy-tailed expert shares its cluster"
+    # Only representatives were measured: one per cluster.
+    assert stack["is_representative"].sum() == 8
+    # The unit's aggregated NRMSE is the planted expert's own, at every config.
+    for point in quantizer.rd_curve(planted, quantizer.CONFIGS, torch.bfloat16):
+        row = units[(units["unit"] == unit) & (units["bits"] == point["bits"])
+                    & (units["group_size"] == point["group_size"])].iloc[0]
+        assert row["nrmse"] == pytest.approx(point["nrmse"], rel=1e-12)
+        assert row["bytes"] == 64 * point["bytes"]
+
+
+def test_analysis_resumes_per_shard(tmp_path):
+    ckpt_dir = make_tiny_checkpoint("mixtral", tmp_path / "m", hidden=128, intermediate=128, max_shard_size="150KB")
+    out = tmp_path / "analysis"
+    analyze.analyze(ckpt_dir, out, spectral=False)
+    first = sorted(out.glob("*.rd.parquet"))
+    assert len(first) > 1
+    # A crash after the first shard: delete the others; a rerun rewrites only those, identically.
+    kept = first[0].read_bytes()
+    removed = {p: p.read_bytes() for p in first[1:]}
+    for p in removed:
+        p.unlink()
+    mtime = first[0].stat().st_mtime_ns
+    analyze.analyze(ckpt_dir, out, spectral=False)
+    assert first[0].stat().st_mtime_ns == mtime and first[0].read_bytes() == kept
+    assert all(p.read_bytes() == data for p, data in removed.items())
+
+
+def test_features_are_recorded(tmp_path):
+    ckpt_dir = make_tiny_checkpoint("mixtral", tmp_path / "m", hidden=128, intermediate=128)
+    analyze.analyze(ckpt_dir, tmp_path / "analysis", spectral=True)
+    feats = experts.read_tables(tmp_path / "analysis", "features")
+    for column in ["norm", "std", "kurtosis", "outlier_frac", "group_kurtosis_p99", "stable_rank",
+                   "tail_mass", "log10_cond"]:
+        assert feats[column].notna().all(), column
+    assert (feats["stable_rank"] >= 1).all() and ((feats["tail_mass"] >= 0) & (feats["tail_mass"] < 1)).all()
+
+
+def test_spectral_features_closed_form():
+    # A diagonal matrix has its diagonal as singular values.
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0] + [0.5] * 16)
+    feats = analyze.spectral_features(torch.diag(s))
+    energy = float(s.square().sum())
+    assert feats["stable_rank"] == pytest.approx(energy / 16)
+    assert feats["tail_mass"] == pytest.approx(1 - (16 + 4) / energy)  # top k/10 = 2 values
+    assert feats["log10_cond"] == pytest.approx(torch.log10(torch.tensor(8.0)).item())
+
+
+def test_light_stats_closed_form():
+    w = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    stats = analyze.light_stats(w)
+    assert stats["norm"] == pytest.approx(2.0) and stats["std"] == pytest.approx(1.0)
+    assert stats["kurtosis"] == pytest.approx(-2.0)  # two-point distribution
