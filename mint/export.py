@@ -1,0 +1,638 @@
+"""Write an allocation out: an MLX folder that mlx-lm loads, and a dequantized folder transformers loads.
+
+The MLX folder holds the weights as mlx-lm's models hold them after `sanitize()` (METHOD.md §1):
+routed experts stacked [E, out, in] under their MLX module, quantized modules as `.weight` (uint32,
+packed by `mint.quantizer.pack`), `.scales` and `.biases` (16-bit), everything else in 16 bits, and
+a config.json with the per-module `quantization` dict. The dequantized folder has the input's tensor
+names and layout with every weight replaced by what the MLX folder rebuilds, dequantize(quantize(w))
+(16-bit tensors rounded to the 16-bit dtype), so transformers evaluates exactly the exported model.
+
+Both folders are written in one pass over the checkpoint, one matrix (one expert) at a time: output
+tensor shapes are known before any weight is read, so every safetensors header is written first and
+each matrix's bytes go straight to their offset. Folders are written under a temporary name, checked
+(every tensor present with its shape and dtype; written bytes equal to the predicted
+`tensor_bytes`), then renamed into place.
+
+    mint quantize --checkpoint ckpt/ --allocation alloc.json --mlx-out model-mlx/ --dequant-out model-hf/
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mint.checkpoint import Checkpoint, CheckpointError, read_header
+from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
+
+GIB = 1024**3
+# mlx-lm's own shard limit (utils.MAX_FILE_SIZE_GB).
+MAX_SHARD_BYTES = 5 * GIB
+# Rows are quantized and packed in blocks of about this many weights: pack() holds 8*bits bytes per
+# weight of temporaries, so this bounds them (to 8 MiB at 8 bits) whatever the matrix size.
+_BLOCK_WEIGHTS = 1 << 17
+# Default (bits, group_size) of an mlx-lm quantization dict when no unit is quantized.
+MLX_DEFAULT = (4, 64)
+# Files a runtime needs beside the weights, copied when present.
+SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint32: "U32"}
+ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "U32": 4}
+DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class ExportError(ValueError):
+    """The allocation does not fit the checkpoint, or mlx-lm cannot represent the result."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The allocation
+
+
+def unit_configs(ckpt, allocation):
+    """{unit: (bits, group_size)} for every unit of `ckpt`, FULL = (16, 0) for 16-bit.
+
+    Every quantizable unit must be listed once; norms and other parameters may be omitted (they
+    are always 16-bit). Raises ExportError naming the offending unit.
+    """
+    units = ckpt.units()
+    configs = {}
+    for entry in allocation.get("units", []):
+        if not isinstance(entry, dict) or not {"unit", "bits"} <= set(entry):
+            raise ExportError(f"allocation unit entries need `unit` and `bits` (and `group_size`), got {entry!r}")
+        unit = entry["unit"]
+        if unit not in units:
+            raise ExportError(f"allocation unit {unit!r} is not a unit of {ckpt.path}")
+        if unit in configs:
+            raise ExportError(f"allocation lists unit {unit!r} twice")
+        bits = int(entry["bits"])
+        config = FULL if bits == 16 else (bits, int(entry.get("group_size") or 0))
+        try:
+            check_config(*config)
+        except ValueError as e:
+            raise ExportError(f"unit {unit}: {e}") from None
+        ref = units[unit][0]
+        if config != FULL and not ref.quantizable:
+            raise ExportError(f"unit {unit} ({ref.role}) is always 16-bit, the allocation gives it {bits} bits")
+        if not fits(ref.out_in[1], config[1]):
+            raise ExportError(f"unit {unit}: input dimension {ref.out_in[1]} is not a multiple of group size {config[1]}")
+        expected = predicted_bytes(units[unit], config)
+        if entry.get("bytes") is not None and int(entry["bytes"]) != expected:
+            raise ExportError(
+                f"unit {unit}: the allocation says {entry['bytes']} bytes, this checkpoint gives {expected}; "
+                "was the allocation made for another checkpoint?"
+            )
+        configs[unit] = config
+    missing = [u for u, refs in units.items() if refs[0].quantizable and u not in configs]
+    if missing:
+        raise ExportError(f"the allocation misses {len(missing)} units of the checkpoint, e.g. {missing[:3]}")
+    return {u: configs.get(u, FULL) for u in units}
+
+
+def _override(config):
+    return False if config == FULL else {"bits": config[0], "group_size": config[1]}
+
+
+def build_quantization(ckpt, configs):
+    """mlx-lm `quantization` dict: the most common quantized config as default, every module listed."""
+    units = ckpt.units()
+    modules = {u: c for u, c in configs.items() if units[u][0].quantizable}
+    counts = Counter(c for c in modules.values() if c != FULL)
+    bits, group = max(counts, key=lambda c: (counts[c], c)) if counts else MLX_DEFAULT
+    out = {"bits": bits, "group_size": group}
+    out.update({u: _override(c) for u, c in modules.items()})
+    return dict(sorted(out.items()))
+
+
+def check_quantization(ckpt, configs, quantization):
+    """Raise ExportError unless `quantization` says for every module it names what `configs` says.
+
+    mlx-lm quantizes a module named in the dict as the dict says, and infers any other module from
+    the `.scales` we write, so the dict must agree with the allocation where it speaks.
+    """
+    units = ckpt.units()
+    if "bits" not in quantization or "group_size" not in quantization:
+        raise ExportError("the quantization dict needs default `bits` and `group_size` (mlx-lm reads them)")
+    if quantization.get("mode", "affine") != "affine":
+        raise ExportError(f"quantization mode {quantization['mode']!r}: MINT writes affine quantization")
+    for key, value in quantization.items():
+        if key in ("bits", "group_size", "mode"):
+            continue
+        if key not in units or not units[key][0].quantizable:
+            raise ExportError(f"the quantization dict names {key!r}, which is not a module of this checkpoint")
+        if value is not False:
+            value = {"bits": value.get("bits"), "group_size": value.get("group_size")}
+        if value != _override(configs[key]):
+            raise ExportError(f"the quantization dict gives {key} {value}, the allocation units {configs[key]}")
+
+
+def predicted_bytes(refs, config):
+    """Bytes a unit takes in the MLX folder: `tensor_bytes`, 2 bytes per weight in 16 bits."""
+    return tensor_bytes(sum(r.numel for r in refs), *config)
+
+
+def default_dtype16(ckpt):
+    """The checkpoint's 16-bit dtype (by parameter count); bfloat16 for a float32 checkpoint."""
+    counts = Counter()
+    for ref in ckpt.refs:
+        counts[ref.dtype] += ref.numel
+    return torch.float16 if counts["F16"] > counts["BF16"] else torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# What gets written
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """A tensor to write: safetensors name, dtype ("BF16", "U32", ...) and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+    @property
+    def nbytes(self):
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
+
+
+def mlx_tensors(unit, refs, config, dtype16):
+    """The MLX tensors of one unit: `<unit>.weight` (+ `.scales`, `.biases`), or the parameter itself."""
+    d16 = ST_DTYPES[dtype16]
+    ref = refs[0]
+    if not ref.quantizable:
+        return [OutTensor(unit, d16, ref.shape)]
+    out, inp = ref.out_in
+    lead = (sum(r.n_experts for r in refs),) if ref.role == "routed_expert" else ()
+    if config == FULL:
+        return [OutTensor(f"{unit}.weight", d16, (*lead, out, inp))]
+    bits, group = config
+    return [
+        OutTensor(f"{unit}.weight", "U32", (*lead, out, inp * bits // 32)),
+        OutTensor(f"{unit}.scales", d16, (*lead, out, inp // group)),
+        OutTensor(f"{unit}.biases", d16, (*lead, out, inp // group)),
+    ]
+
+
+def _disk_tensors(ckpt):
+    """{name: refs} of every tensor on disk (the parts of a fused tensor together), in disk order."""
+    by_name = {}
+    for ref in ckpt.refs:
+        by_name.setdefault(ref.name, []).append(ref)
+    return by_name
+
+
+def plan_shards(tensors, max_shard_bytes):
+    """Split `tensors` into shards of at most `max_shard_bytes` (a larger tensor gets its own)."""
+    shards, current, size = [], [], 0
+    for t in tensors:
+        if current and size + t.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(t)
+        size += t.nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_names(n):
+    """File names of `n` shards, as transformers and mlx-lm name them."""
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming safetensors writer
+
+
+class ShardWriter:
+    """Writes safetensors files whose tensors are known up front; tensor bytes go in at any row.
+
+    Headers are written at once and each file is sized to its final length, so a tensor can be
+    filled piece by piece (one expert, one block of rows) in any order, without holding it whole.
+    """
+
+    def __init__(self, folder, shards, metadata):
+        self.folder = Path(folder)
+        self.files, self.where, self.written = {}, {}, {}
+        for file_name, tensors in shards.items():
+            header, offset = {}, 0
+            for t in tensors:
+                header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+                offset += t.nbytes
+            header["__metadata__"] = metadata
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
+            f = open(self.folder / file_name, "wb")
+            f.write(len(raw).to_bytes(8, "little") + raw)
+            f.truncate(8 + len(raw) + offset)
+            self.files[file_name] = f
+            for t in tensors:
+                start = 8 + len(raw) + header[t.name]["data_offsets"][0]
+                self.where[t.name] = (f, start, t)
+                self.written[t.name] = 0
+
+    def write(self, name, tensor, first_row=0):
+        """Write `tensor` into tensor `name` starting at row `first_row` (rows: all axes but the last)."""
+        f, start, t = self.where[name]
+        if ST_DTYPES[tensor.dtype] != t.dtype:
+            raise TypeError(f"{name}: writing {tensor.dtype} into {t.dtype}")
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        row_bytes = (t.shape[-1] if t.shape else 1) * ITEMSIZE[t.dtype]
+        offset = first_row * row_bytes
+        if offset + data.nbytes > t.nbytes:
+            raise ValueError(f"{name}: write of {data.nbytes} bytes at {offset} overruns {t.nbytes}")
+        f.seek(start + offset)
+        f.write(data)
+        self.written[name] += data.nbytes
+
+    def abort(self):
+        """Close every file without checking (the folder is about to be removed)."""
+        for f in self.files.values():
+            f.close()
+
+    def close(self):
+        """Close every file; raise unless every tensor got exactly its bytes."""
+        for f in self.files.values():
+            f.close()
+        short = [n for n, (_, _, t) in self.where.items() if self.written[n] != t.nbytes]
+        if short:
+            raise RuntimeError(f"{len(short)} tensors were not written in full, e.g. {short[:3]}")
+
+
+def write_index(folder, shards):
+    """model.safetensors.index.json for a sharded folder (nothing for a single file)."""
+    if len(shards) == 1:
+        return
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for ts in shards.values() for t in ts)},
+        "weight_map": {t.name: file for file, ts in shards.items() for t in ts},
+    }
+    (Path(folder) / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
+def validate_folder(folder, shards):
+    """Raise ExportError unless the files in `folder` hold exactly the planned tensors."""
+    for file_name, tensors in shards.items():
+        path = Path(folder) / file_name
+        header = read_header(path)
+        want = {t.name: (t.dtype, list(t.shape)) for t in tensors}
+        got = {n: (h["dtype"], h["shape"]) for n, h in header.items()}
+        if got != want:
+            bad = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
+            raise ExportError(f"{path}: {len(bad)} tensors differ from the plan in name, shape or dtype, e.g. {bad[:3]}")
+        end = max((h["data_offsets"][1] for h in header.values()), default=0)
+        header_len = int.from_bytes(path.open("rb").read(8), "little")
+        if path.stat().st_size != 8 + header_len + end:
+            raise ExportError(f"{path}: file size does not match its header")
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json for mlx-lm
+
+
+def _flatten_rope(cfg):
+    """transformers 5 nests rope_theta (and the scaling) in rope_parameters; mlx-lm reads them flat."""
+    params = cfg.get("rope_parameters") or {}
+    if "rope_theta" not in cfg and "rope_theta" in params:
+        cfg["rope_theta"] = params["rope_theta"]
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if cfg.get("rope_scaling") is None and rope_type != "default":
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+        cfg["rope_scaling"] = {**scaling, "type": rope_type, "rope_type": rope_type}
+
+
+def check_mlx_support(ckpt):
+    """Raise ExportError for checkpoints mlx-lm's model of the same type cannot represent."""
+    text, mt = ckpt.text_config, ckpt.model_type
+    roles = {r.role for r in ckpt.refs}
+    if mt == "qwen2_moe" and "dense_mlp" in roles:
+        raise ExportError("mlx-lm's qwen2_moe has no dense MLP layers (decoder_sparse_step/mlp_only_layers)")
+    if mt in ("qwen2_moe", "llama4", "llama4_text") and "lm_head" not in roles:
+        raise ExportError(f"mlx-lm's {mt} needs an lm_head; this checkpoint ties it to the embedding")
+    if mt in ("llama4", "llama4_text"):
+        if text.get("num_experts_per_tok", 1) != 1:
+            raise ExportError("mlx-lm's llama4 routes each token to one expert (num_experts_per_tok must be 1)")
+        step, n = text.get("interleave_moe_layer_step", 1), text["num_hidden_layers"]
+        if text.get("moe_layers") is not None and list(text["moe_layers"]) != list(range(step - 1, n, step)):
+            raise ExportError("mlx-lm's llama4 places MoE layers every interleave_moe_layer_step layers only")
+        if n < 4:
+            raise ExportError("mlx-lm's llama4 needs at least 4 layers (it indexes the 4th layer's cache)")
+
+
+def mlx_config(ckpt, quantization):
+    """The config.json mlx-lm needs for the exported folder."""
+    cfg = copy.deepcopy(ckpt.config)
+    text = cfg.get("text_config", cfg)
+    _flatten_rope(text)
+    if ckpt.model_type == "qwen3_moe" and "num_experts" not in text:
+        text["num_experts"] = text["num_local_experts"]  # transformers 5 renamed it
+    if ckpt.model_type in ("llama4", "llama4_text"):
+        # mlx-lm has the multimodal llama4 (text under text_config, weights under language_model.);
+        # rope_scaling is a required field there.
+        text.setdefault("rope_scaling", None)
+        if ckpt.model_type == "llama4_text":
+            top = {k: text[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in text}
+            cfg = {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"], "text_config": text, **top}
+        cfg.pop("vision_config", None)
+    cfg["quantization"] = quantization
+    cfg["quantization_config"] = quantization
+    return dict(sorted(cfg.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The export
+
+
+def _row_blocks(rows, cols):
+    step = max(1, _BLOCK_WEIGHTS // max(cols, 1))
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+def _matrix(ckpt, ref, e):
+    """One matrix of `ref`: expert `e` of a fused stack, else the whole tensor."""
+    return ckpt.read(ref) if e is None else ckpt.read_expert(ref, e)
+
+
+def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant):
+    """Write matrix `w` of `ref` (expert index `expert`) into its unit; return what MLX rebuilds."""
+    unit = ref.unit
+    if not ref.quantizable:
+        w16 = w.to(dtype16)
+        writer.write(unit, w16)
+        return w16.float() if want_dequant else None
+    out, inp = ref.out_in
+    row0 = expert * out
+    if config == FULL:
+        w16 = w.to(dtype16)
+        writer.write(f"{unit}.weight", w16, row0)
+        return w16.float() if want_dequant else None
+    bits, group = config
+    w_hat = torch.empty(out, inp) if want_dequant else None
+    for r0, r1 in _row_blocks(out, inp):
+        q, scales, biases = quantize(w[r0:r1], bits, group, dtype16)
+        writer.write(f"{unit}.weight", pack(q, bits), row0 + r0)
+        writer.write(f"{unit}.scales", scales, row0 + r0)
+        writer.write(f"{unit}.biases", biases, row0 + r0)
+        if want_dequant:
+            w_hat[r0:r1] = dequantize(q, scales, biases, group)
+    return w_hat
+
+
+def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32):
+    """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy."""
+    for name, refs in _disk_tensors(ckpt).items():
+        fused = refs[0].n_experts > 1
+        for e in range(refs[0].n_experts) if fused else [None]:
+            parts = []  # the dequantized parts of a fused tensor, to put back together for transformers
+            for ref in refs:
+                w = _matrix(ckpt, ref, e)
+                expert = e if fused else (ref.expert or 0)
+                parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16, hf_writer is not None))
+            if hf_writer is not None:
+                first_row = 0 if e is None else e * refs[0].shape[-2]
+                hf_writer.write(name, _disk_layout(refs, parts).to(dequant_dtype), first_row)
+
+
+def _disk_layout(refs, parts):
+    """Undo split and transpose: the matrices of `refs` (one per part) as stored on disk."""
+    w = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+    return w.transpose(-1, -2) if refs[0].transpose else w
+
+
+def _staging(outs, overwrite):
+    """[(final folder, temporary sibling folder)] for each output; checks all before creating any."""
+    outs = [Path(o) for o in outs]
+    if len({o.resolve() for o in outs}) < len(outs):
+        raise ExportError("the MLX and dequantized outputs must be different folders")
+    for out in outs:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise ExportError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    pairs = [(out, out.parent / f".{out.name}.tmp-{os.getpid()}") for out in outs]
+    for _, tmp in pairs:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return pairs
+
+
+def _publish(tmp, out):
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.rename(tmp, out)
+
+
+def _copy_side_files(src, dst):
+    for name in SIDE_FILES:
+        if (Path(src) / name).exists():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
+def export(
+    ckpt,
+    allocation,
+    mlx_out,
+    dequant_out=None,
+    *,
+    dtype16=None,
+    dequant_dtype=torch.float32,
+    max_shard_bytes=MAX_SHARD_BYTES,
+    overwrite=False,
+):
+    """Write the MLX folder (and optionally the dequantized HF folder) of `allocation` for `ckpt`.
+
+    Args:
+        ckpt: a Checkpoint.
+        allocation: dict with `units` [{unit, bits, group_size}] (bits 16 = keep 16-bit) and optionally
+            the mlx-lm `quantization` dict, which is checked against the units (built when absent).
+        mlx_out: folder for mlx-lm.
+        dequant_out: folder for transformers (same names and layout as the checkpoint), or None.
+        dtype16: dtype of scales, biases and 16-bit tensors; default the checkpoint's 16-bit dtype
+            (bfloat16 for a float32 checkpoint).
+        dequant_dtype: dtype of the dequantized folder.
+        max_shard_bytes: largest MLX shard.
+        overwrite: replace existing non-empty output folders.
+    Returns:
+        The manifest (also written to `<mlx_out>/manifest.json`): predicted and written bytes per unit.
+    """
+    dtype16 = dtype16 or default_dtype16(ckpt)
+    if dtype16 not in (torch.bfloat16, torch.float16):
+        raise ExportError(f"dtype16 must be bfloat16 or float16, got {dtype16}")
+    check_mlx_support(ckpt)
+    configs = unit_configs(ckpt, allocation)
+    quantization = allocation.get("quantization") or build_quantization(ckpt, configs)
+    check_quantization(ckpt, configs, quantization)
+    units = ckpt.units()
+
+    planned = {u: mlx_tensors(u, refs, configs[u], dtype16) for u, refs in units.items()}
+    plan = plan_shards([t for ts in planned.values() for t in ts], max_shard_bytes)
+    mlx_shards = dict(zip(shard_names(len(plan)), plan))
+    hf_dtype = ST_DTYPES[dequant_dtype]
+    hf_shards = {}
+    for name, refs in _disk_tensors(ckpt).items():
+        hf_shards.setdefault(refs[0].shard, []).append(OutTensor(name, hf_dtype, refs[0].shape))
+
+    staged = _staging([mlx_out] if dequant_out is None else [mlx_out, dequant_out], overwrite)
+    (mlx_out, mlx_tmp), (hf_out, hf_tmp) = staged[0], (staged[1] if len(staged) > 1 else (None, None))
+    writers = []
+    try:
+        writers.append(ShardWriter(mlx_tmp, mlx_shards, {"format": "mlx"}))
+        if hf_tmp is not None:
+            writers.append(ShardWriter(hf_tmp, hf_shards, {"format": "pt"}))
+        write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype)
+        for writer in writers:
+            writer.close()
+
+        write_index(mlx_tmp, mlx_shards)
+        validate_folder(mlx_tmp, mlx_shards)
+        (mlx_tmp / "config.json").write_text(json.dumps(mlx_config(ckpt, quantization), indent=4))
+        _copy_side_files(ckpt.path, mlx_tmp)
+        manifest = build_manifest(ckpt, configs, planned, mlx_shards, dtype16)
+        (mlx_tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if manifest["written_bytes"] != manifest["predicted_bytes"]:
+            raise ExportError(f"wrote {manifest['written_bytes']} bytes, predicted {manifest['predicted_bytes']}")
+        if hf_tmp is not None:
+            _write_hf_meta(ckpt, hf_tmp, hf_shards, dequant_dtype)
+            validate_folder(hf_tmp, hf_shards)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        for _, tmp in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(mlx_tmp, mlx_out)
+    if hf_tmp is not None:
+        _publish(hf_tmp, hf_out)
+    return manifest
+
+
+def _write_hf_meta(ckpt, folder, shards, dtype):
+    """config.json (dtype updated), the index when the input had one, and the side files."""
+    config = dict(ckpt.config)
+    dtype_name = str(dtype).removeprefix("torch.")
+    config["dtype"] = dtype_name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype_name
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    if (ckpt.path / "model.safetensors.index.json").exists() or len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for ts in shards.values() for t in ts)},
+            "weight_map": {t.name: file for file, ts in shards.items() for t in ts},
+        }
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+    _copy_side_files(ckpt.path, folder)
+
+
+def build_manifest(ckpt, configs, planned, shards, dtype16):
+    """Predicted (`tensor_bytes`) and written (numel * itemsize) bytes, per unit and in total."""
+    units = ckpt.units()
+    rows = []
+    for unit, refs in units.items():
+        bits, group = configs[unit]
+        rows.append(
+            {
+                "unit": unit,
+                "role": refs[0].role,
+                "bits": bits,
+                "group_size": group,
+                "n_params": sum(r.numel for r in refs),
+                "predicted_bytes": predicted_bytes(refs, configs[unit]),
+                "written_bytes": sum(t.nbytes for t in planned[unit]),
+                "tensors": [t.name for t in planned[unit]],
+            }
+        )
+    written = sum(t.nbytes for ts in shards.values() for t in ts)
+    n_params = ckpt.n_params()
+    return {
+        "checkpoint": str(ckpt.path),
+        "architecture": ckpt.architecture,
+        "dtype16": str(dtype16).removeprefix("torch."),
+        "n_params": n_params,
+        "predicted_bytes": sum(r["predicted_bytes"] for r in rows),
+        "written_bytes": written,
+        "size_gib": written / GIB,
+        "bits_per_weight": 8 * written / n_params,
+        "files": list(shards),
+        "units": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _size(text):
+    """Bytes from "5GB", "500MB", "64KB" (binary units) or a plain number."""
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+    try:
+        for suffix, mult in units.items():
+            if text.upper().endswith(suffix):
+                return int(float(text[: -len(suffix)]) * mult)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
+
+
+def quantize_files(checkpoint, allocation, mlx_out, dequant_out=None, rules=None, dtype="auto",
+                   dequant_dtype="float32", max_shard_size=MAX_SHARD_BYTES, overwrite=False):
+    """`mint quantize`: read the files the flags name and export."""
+    rules = json.loads(Path(rules).read_text()) if rules else None
+    ckpt = Checkpoint(checkpoint, rules=rules)
+    alloc = json.loads(Path(allocation).read_text())
+    return export(
+        ckpt,
+        alloc,
+        mlx_out,
+        dequant_out,
+        dtype16=None if dtype == "auto" else DTYPE_NAMES[dtype],
+        dequant_dtype=DTYPE_NAMES[dequant_dtype],
+        max_shard_bytes=max_shard_size,
+        overwrite=overwrite,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="mint quantize", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder (safetensors)")
+    parser.add_argument("--allocation", required=True, help="allocation JSON (units + quantization dict)")
+    parser.add_argument("--mlx-out", required=True, help="MLX folder to write (mlx_lm.load opens it)")
+    parser.add_argument("--dequant-out", help="dequantized Hugging Face folder to write, for evaluation")
+    parser.add_argument("--rules", help="JSON list of extra naming rules (see mint/layouts.py)")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float16"), default="auto",
+                        help="16-bit dtype of scales, biases and 16-bit tensors (auto: the checkpoint's)")
+    parser.add_argument("--dequant-dtype", choices=tuple(DTYPE_NAMES), default="float32")
+    parser.add_argument("--max-shard-size", type=_size, default="5GB", help="largest MLX shard, e.g. 5GB or 500MB")
+    parser.add_argument("--overwrite", action="store_true", help="replace non-empty output folders")
+    args = parser.parse_args(argv)
+    try:
+        manifest = quantize_files(**vars(args))
+    except (CheckpointError, ExportError, OSError, json.JSONDecodeError) as e:
+        print(f"mint quantize: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(
+        f"{args.mlx_out}: {manifest['size_gib']:.4f} GiB, {manifest['bits_per_weight']:.3f} bits/weight, "
+        f"{len(manifest['files'])} file(s); written bytes = predicted bytes = {manifest['written_bytes']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
