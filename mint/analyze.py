@@ -178,7 +178,7 @@ def load_rules(path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="mint analyze", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder (config.json + *.safetensors)")
-    p.add_argument("--out", required=True, help="output folder for <shard>.rd.parquet and <shard>.features.parquet")
+    p.add_argument("--out", dest="out_dir", required=True, help="output folder for <shard>.rd.parquet and <shard>.features.parquet")
     p.add_argument("--shard", action="append", dest="shards", help="analyse only this shard (repeatable)")
     p.add_argument("--cluster-threshold", type=int, default=CLUSTER_THRESHOLD,
                    help="units with more routed experts than this are clustered (default %(default)s)")

@@ -108,26 +108,45 @@ def dequantize(q, scales, biases, group_size):
     return w.reshape(q.shape)
 
 
+def _bit_positions(bits):
+    """For each of the 32 codes that fill `bits` whole words: (word, shift) of its lowest bit."""
+    return [divmod(j * bits, 32) for j in range(32)]
+
+
 def pack(q, bits):
-    """Pack uint8 codes [..., in] into MLX's uint32 words [..., in*bits/32] (little-endian bit stream)."""
+    """Pack uint8 codes [..., in] into MLX's uint32 words [..., in*bits/32] (little-endian bit stream).
+
+    32 codes always fill exactly `bits` words, so rows are cut into blocks of 32 codes and each code
+    position is OR-ed into place with one vectorized shift (spilling into the next word if it
+    straddles a boundary): 32 passes over 1/32 of the data, whatever the width.
+    """
     n = q.shape[-1]
-    if (n * bits) % 32:
-        raise ValueError(f"a row of {n} {bits}-bit codes does not fill whole uint32 words")
-    # Spread every code into its bits, concatenate the row's bits, regroup them by 32.
-    shifts = torch.arange(bits, dtype=torch.int64)
-    row_bits = (q.to(torch.int64).unsqueeze(-1) >> shifts) & 1
-    words = row_bits.reshape(*q.shape[:-1], n * bits // 32, 32)
-    packed = (words << torch.arange(32, dtype=torch.int64)).sum(-1)
-    # int64 -> uint32 keeps the low 32 bits, which hold the whole word.
-    return packed.to(torch.uint32)
+    if n % 32:
+        raise ValueError(f"a row of {n} codes is not a whole number of 32-code blocks")
+    # Code position first, so each pass reads and writes contiguous memory. int32 arithmetic wraps
+    # exactly like uint32 for shifts and ORs; codes are non-negative, so >> brings in zeros.
+    blocks = q.reshape(*q.shape[:-1], n // 32, 32).movedim(-1, 0).to(torch.int32)
+    words = torch.zeros(bits, *blocks.shape[1:], dtype=torch.int32)
+    for j, (word, shift) in enumerate(_bit_positions(bits)):
+        words[word] |= blocks[j] << shift
+        if shift + bits > 32:
+            words[word + 1] |= blocks[j] >> (32 - shift)
+    return words.movedim(0, -1).reshape(*q.shape[:-1], n * bits // 32).view(torch.uint32)
 
 
 def unpack(packed, bits, n):
     """Inverse of `pack`: uint32 words [..., n*bits/32] -> uint8 codes [..., n]."""
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    row_bits = (words.unsqueeze(-1) >> torch.arange(32, dtype=torch.int64)) & 1
-    codes = row_bits.reshape(*packed.shape[:-1], n, bits)
-    return (codes << torch.arange(bits, dtype=torch.int64)).sum(-1).to(torch.uint8)
+    words = packed.contiguous().view(torch.int32).reshape(*packed.shape[:-1], n // 32, bits).movedim(-1, 0)
+    mask = (1 << bits) - 1
+    codes = torch.empty(32, *words.shape[1:], dtype=torch.int32)
+    for j, (word, shift) in enumerate(_bit_positions(bits)):
+        # >> on int32 sign-extends; the mask keeps only the code's own bits.
+        code = words[word] >> shift
+        if shift + bits > 32:
+            low = 32 - shift
+            code = (code & ((1 << low) - 1)) | (words[word + 1] << low)
+        codes[j] = code & mask
+    return codes.movedim(0, -1).reshape(*packed.shape[:-1], n).to(torch.uint8)
 
 
 def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16):
