@@ -14,6 +14,7 @@ COMMANDS = {
     "experts": ("mint.experts", "cluster large expert stacks, measure representatives, aggregate units"),
     "allocate": ("mint.allocate", "choose (bits, group) per unit to fit a memory budget (knapsack)"),
     "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder) for an allocation"),
+    "baseline": ("mint.baseline", "matched-size baselines (uniform RTN) written as allocations"),
     "train-reference": ("mint.reference", "train a small reference MoE model from the vendored text"),
     "evaluate": ("mint.evaluate", "perplexity, KLD and paired comparisons on WikiText-2"),
 }
