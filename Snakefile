@@ -3,7 +3,11 @@
 #   snakemake --cores 8 results/tables
 
 
-configfile: "config/config.yaml"
+# A --configfile with its own `models` replaces the embedded default instead of being merged into it
+# (Snakemake merges config files key by key, which would add the default models to the user's).
+if "models" not in config:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

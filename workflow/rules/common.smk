@@ -82,12 +82,21 @@ def get_budgets(model):
     return config["models"][model]["budgets"]
 
 
+def get_variants(model):
+    """The model's own list of variants, else every variant of the config."""
+    names = config["models"][model].get("variants", VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"model {model}: unknown variants {unknown}; defined: {VARIANTS}")
+    return names
+
+
 def get_allocations(model):
-    return expand("results/{model}/alloc/{variant}/{budget}.json", model=model, variant=VARIANTS,
-                  budget=get_budgets(model))
+    return expand("results/{model}/alloc/{variant}/{budget}.json", model=model,
+                  variant=get_variants(model), budget=get_budgets(model))
 
 
 def get_evaluations(model):
     return [f"results/{model}/eval/bf16.json"] + expand(
-        "results/{model}/eval/{variant}/{budget}.json", model=model, variant=VARIANTS,
+        "results/{model}/eval/{variant}/{budget}.json", model=model, variant=get_variants(model),
         budget=get_budgets(model))
