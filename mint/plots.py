@@ -1,0 +1,121 @@
+"""Plots of the pipeline's results (PNG): where people would rather look than read.
+
+- `plot_bits_heatmap`: the chosen bits (and group) over layers x projections of one allocation.
+- `plot_rd_curves`: rate-distortion curves of the most and least sensitive units.
+- `plot_clusters`: the k-means clusters of one expert stack, representatives marked.
+- `plot_ppl_vs_size`: perplexity against size for every method of a model.
+Each takes tables or dicts and a path; nothing here computes results.
+"""
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+_LAYER = re.compile(r"^(?P<prefix>.*?layers\.)(?P<layer>\d+)\.(?P<rest>.+)$")
+
+
+def split_unit(unit):
+    """(layer, module path inside the layer) of a unit name, or (None, unit) outside the layers."""
+    m = _LAYER.match(unit)
+    return (int(m["layer"]), m["rest"]) if m else (None, unit)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bits_heatmap(allocation, path, title=None):
+    """Bits chosen per (layer, projection); cells say bits/group, 16-bit cells say "16"."""
+    rows = [(*split_unit(u["unit"]), u["bits"], u["group_size"]) for u in allocation["units"]
+            if u["role"] != "norm"]
+    table = pd.DataFrame(rows, columns=["layer", "module", "bits", "group_size"]).dropna(subset=["layer"])
+    bits = table.pivot(index="layer", columns="module", values="bits").sort_index()
+    group = table.pivot(index="layer", columns="module", values="group_size").reindex_like(bits)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * bits.shape[1], 3.0 + 0.3 * bits.shape[0]))
+    image = ax.imshow(bits.to_numpy(dtype=float), cmap="viridis", vmin=2, vmax=16, aspect="auto")
+    for (i, j), b in np.ndenumerate(bits.to_numpy(dtype=float)):
+        if np.isnan(b):
+            continue
+        g = group.iat[i, j]
+        label = "16" if b == 16 else f"{int(b)}/{int(g)}"
+        ax.text(j, i, label, ha="center", va="center", fontsize=7, color="white" if b < 9 else "black")
+    ax.set_xticks(range(bits.shape[1]), bits.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(bits.shape[0]), [int(v) for v in bits.index], fontsize=7)
+    ax.set_ylabel("layer")
+    fig.colorbar(image, ax=ax, label="bits")
+    outside = [f"{u['unit']}: {u['bits']}" + (f"/{u['group_size']}" if u["bits"] != 16 else "")
+               for u in allocation["units"] if u["role"] != "norm" and split_unit(u["unit"])[0] is None]
+    ax.set_title((title or "bits/group per unit") + ("\n" + ", ".join(outside) if outside else ""), fontsize=8)
+    _save(fig, path)
+
+
+def sensitivity(units, bits=4, group_size=64):
+    """Each unit's NRMSE at one reference config: how much it suffers from quantization."""
+    at = units[(units["bits"] == bits) & (units["group_size"] == group_size)]
+    return at.set_index("unit")["nrmse"].sort_values()
+
+
+def plot_rd_curves(units, path, n=3, title=None):
+    """NRMSE against bits per weight for the n least and n most sensitive units (log scale)."""
+    ranked = sensitivity(units)
+    chosen = list(ranked.index[:n]) + list(ranked.index[-n:])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, unit in enumerate(chosen):
+        curve = units[(units["unit"] == unit) & (units["bits"] != 16)].copy()
+        curve["bpw"] = 8 * curve["bytes"] / curve["n_params"]
+        curve = curve.sort_values("bpw")
+        style = "-" if i >= n else "--"
+        ax.plot(curve["bpw"], curve["nrmse"], style, marker="o", ms=3,
+                label=("most " if i >= n else "least ") + f"sensitive: {unit}")
+    ax.axhline(10 ** (-9 / 20), color="red", lw=0.8, ls=":", label="9 dB SQNR floor")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (incl. scales and biases)")
+    ax.set_ylabel("NRMSE (max over experts)")
+    ax.set_title(title or "rate-distortion curves", fontsize=9)
+    ax.legend(fontsize=6)
+    _save(fig, path)
+
+
+def plot_clusters(clusters, path, unit=None, title=None):
+    """Standardized (std, kurtosis) of one stack's experts coloured by cluster; stars = representatives."""
+    if unit is None:
+        # The stack whose experts differ most, where the clustering matters most.
+        unit = clusters.groupby("unit")["kurtosis"].std().idxmax()
+    stack = clusters[clusters["unit"] == unit]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(stack["std"], stack["kurtosis"], c=stack["cluster"], cmap="tab10", s=25)
+    reps = stack[stack["is_representative"]]
+    ax.scatter(reps["std"], reps["kurtosis"], marker="*", s=160, facecolors="none", edgecolors="black",
+               label="representative (measured)")
+    ax.set_xlabel("std")
+    ax.set_ylabel("excess kurtosis")
+    ax.set_title(title or f"expert clusters: {unit}", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_ppl_vs_size(points, path, title=None, reference=None):
+    """Perplexity against size (GiB) for every method.
+
+    Args:
+        points: DataFrame with columns method, size_gib, ppl (one row per evaluated model).
+        reference: (size_gib, ppl) of the 16-bit model, drawn as a line.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, group in points.groupby("method", sort=False):
+        group = group.sort_values("size_gib")
+        ax.plot(group["size_gib"], group["ppl"], marker="o", label=method)
+    if reference is not None:
+        ax.axhline(reference[1], color="gray", ls=":", label=f"16-bit ({reference[0]:.3f} GiB)")
+    ax.set_xlabel("size (GiB)")
+    ax.set_ylabel("perplexity (WikiText-2, token-weighted)")
+    ax.set_title(title or "perplexity vs size", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
