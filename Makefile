@@ -29,3 +29,22 @@ test: venv
 
 clean-results:
 	rm -rf results/*/ logs/ .snakemake/
+
+# GPTQ baseline (`mint baseline gptq` runs mint/gptq.py here): llm-compressor 0.14 pins
+# transformers<=5.17, which cannot share .venv (transformers 5.24), so it gets its own environment.
+# torch is pinned on every pip call for the reason above. Python >= 3.11 (the worker runs `python -P`).
+GPTQ_VENV := .venv-gptq
+
+.PHONY: gptq-env
+
+$(GPTQ_VENV)/.installed:
+	test -x $(GPTQ_VENV)/bin/python || $(PYTHON) -m venv $(GPTQ_VENV)
+	$(GPTQ_VENV)/bin/python -c "import sys; assert sys.version_info >= (3, 11), sys.version"
+	$(GPTQ_VENV)/bin/pip install --quiet --upgrade pip
+	$(GPTQ_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(GPTQ_VENV)/bin/pip install --quiet "torch==2.13.0" "llmcompressor==0.14.0.1" "compressed-tensors==0.19.0" \
+		"transformers==5.17.0" "safetensors==0.8.0" "numpy==2.4.6"
+	$(GPTQ_VENV)/bin/python -c "import torch, llmcompressor; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+gptq-env: $(GPTQ_VENV)/.installed
