@@ -1,17 +1,47 @@
-"""Baselines at matched size: uniform round-to-nearest, written as an ordinary allocation.
+"""Baselines at matched size: uniform round-to-nearest (an ordinary allocation) and GPTQ.
 
 Uniform RTN puts every quantizable unit (embedding, head, routers, attention, experts, ...) at one
 (bits, group size); norms, biases and other 1-D tensors stay 16-bit, exactly as the method keeps them,
 and a unit whose input dimension the group does not divide stays 16-bit (said in the result's
 `notes`). The result has the same format as `mint allocate`'s, so the same exporter writes it and the
 sizes are comparable byte for byte.
+
+GPTQ runs llm-compressor's `GPTQModifier` (mint/gptq.py) in its own environment, `.venv-gptq`
+(`make gptq-env`), because llm-compressor pins an older transformers than ours. This side cuts the
+calibration windows from the training corpus (never the test split), runs the worker, and writes a
+result JSON in the spirit of an allocation (solver "gptq", total_bytes, avg_bits, ...) plus the
+dequantized folder the evaluator reads. Its size is GPTQ's true packed size: compressed-tensors'
+pack-quantized tensors for every quantized Linear (see mint/gptq.py) and 2 bytes per weight for
+everything it keeps in 16 bits (embeddings, LM head, routers, norms, biases).
+
+    mint baseline uniform --units units.parquet --bits 4 --group-size 64 --out uniform.json
+    mint baseline gptq --checkpoint ckpt/ --bits 4 --group-size 128 --out gptq.json --dequant-out dq/
 """
 
 import argparse
+import json
+import os
+import resource
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 from mint import allocate as alloc
 from mint import quantizer
+
+REPO = Path(__file__).resolve().parent.parent
+# The environment llm-compressor lives in (Makefile target gptq-env); MINT_GPTQ_PYTHON overrides it.
+GPTQ_PYTHON = REPO / ".venv-gptq" / "bin" / "python"
+# Calibration defaults of the GPTQ paper and llm-compressor's examples: 128 windows of 2048 tokens.
+CALIBRATION_SOURCE = "gutenberg-train"   # the reference models' training text; never an eval split
+CALIBRATION_WINDOWS = 128
+CALIBRATION_SEQ_LEN = 2048               # capped at the model's max_position_embeddings
+EVAL_SOURCES = ("wikitext2-test",)       # refused as calibration text
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+# Roles GPTQ quantizes (every nn.Linear but the head and the routers); all others stay 16-bit.
+GPTQ_ROLES = ("attention", "dense_mlp", "shared_expert", "routed_expert")
 
 
 def uniform_allocation(units, bits, group_size):
@@ -35,6 +65,180 @@ def uniform_allocation(units, bits, group_size):
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# GPTQ
+
+
+def gptq_python():
+    """The interpreter of the GPTQ environment: $MINT_GPTQ_PYTHON, else .venv-gptq/bin/python."""
+    return Path(os.environ.get("MINT_GPTQ_PYTHON") or GPTQ_PYTHON)
+
+
+def _max_positions(checkpoint):
+    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    return cfg.get("max_position_embeddings"), cfg.get("vocab_size")
+
+
+def _encode(tokenizer, text, chunk_lines=2000):
+    """Token ids of `text`, int64, encoded a block of lines at a time: one call on a whole corpus
+    keeps every token's offsets and masks alive at once (gigabytes for a few million tokens)."""
+    import numpy as np
+
+    lines = text.split("\n")
+    blocks = ["\n".join(lines[i : i + chunk_lines]) + "\n" for i in range(0, len(lines), chunk_lines)]
+    blocks[-1] = blocks[-1][:-1]  # the text's own last line has no newline after it
+    out = []
+    for i in range(0, len(blocks), 16):
+        encoded = tokenizer(blocks[i : i + 16], add_special_tokens=False, verbose=False)["input_ids"]
+        out += [np.asarray(ids, dtype=np.int64) for ids in encoded]
+    return np.concatenate(out)
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process in MiB: VmHWM, which, unlike ru_maxrss, starts afresh
+    at exec (so a worker does not inherit the high-water mark of the process that forked it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def calibration_windows(checkpoint, source=CALIBRATION_SOURCE, windows=CALIBRATION_WINDOWS,
+                        seq_len=CALIBRATION_SEQ_LEN, seed=0, tokenizer=None):
+    """Calibration token windows, int64 [windows, seq_len].
+
+    The text of `source` (a name or path for `mint.data.load_text`) is tokenized once with the
+    checkpoint's tokenizer (or `tokenizer`), cut into non-overlapping windows, and `windows` of them
+    are drawn without replacement with `seed`. `source="random"` draws uniform token ids instead
+    (for tiny test checkpoints that have no tokenizer).
+    """
+    import numpy as np
+    import torch
+
+    max_pos, vocab = _max_positions(checkpoint)
+    seq_len = min(seq_len, max_pos) if max_pos else seq_len
+    rng = np.random.default_rng(seed)
+    if source == "random":
+        return torch.from_numpy(rng.integers(0, vocab, size=(windows, seq_len), dtype=np.int64))
+    if source in EVAL_SOURCES:
+        raise ValueError(f"{source!r} is an evaluation split; calibrate on training text")
+    from transformers import AutoTokenizer
+
+    from mint import data
+
+    folder = Path(tokenizer or checkpoint)
+    # transformers builds an empty tokenizer from config.json alone: require the tokenizer's files.
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise ValueError(f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}); pass "
+                         "--tokenizer, or --calibration random for a checkpoint without one")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    ids = _encode(tok, data.load_text(source))
+    available = len(ids) // seq_len
+    if available < windows:
+        raise ValueError(f"{source!r} holds {len(ids)} tokens: {available} windows of {seq_len}, "
+                         f"fewer than the {windows} asked for")
+    pick = np.sort(rng.choice(available, size=windows, replace=False))
+    return torch.from_numpy(ids[: available * seq_len].reshape(available, seq_len)[pick])
+
+
+def gptq_size(ckpt, worker):
+    """Total bytes of the GPTQ model from the worker's packed modules; checks what was quantized.
+
+    The worker's quantized weights must be exactly the checkpoint's weights of GPTQ_ROLES (so every
+    weight is counted once, packed or at 2 bytes).
+    """
+    expected = sum(r.numel for r in ckpt.refs if r.role in GPTQ_ROLES and len(r.shape) > 1)
+    if worker["quantized_weights"] != expected:
+        raise RuntimeError(f"GPTQ quantized {worker['quantized_weights']} weights, but the checkpoint "
+                           f"holds {expected} in {GPTQ_ROLES}: the sizes would not add up")
+    return worker["quantized_bytes"] + 2 * (ckpt.n_params() - worker["quantized_weights"])
+
+
+def gptq_baseline(checkpoint, bits, group_size, out, dequant_out, calibration=CALIBRATION_SOURCE,
+                  windows=CALIBRATION_WINDOWS, seq_len=CALIBRATION_SEQ_LEN, seed=0, tokenizer=None,
+                  batch_size=8, actorder="static", dampening=0.01, threads=None, python=None):
+    """GPTQ at (bits, group_size) through llm-compressor; writes `out` (JSON) and `dequant_out`.
+
+    Args:
+        checkpoint: Hugging Face checkpoint folder.
+        calibration: text source of the calibration windows ("random": uniform token ids).
+        windows, seq_len, seed: calibration windows drawn from it.
+        python: interpreter of the GPTQ environment (default `gptq_python()`).
+    Returns:
+        The result dict (also written to `out`).
+    """
+    from safetensors.torch import save_file
+
+    from mint.checkpoint import Checkpoint
+    from mint.export import default_dtype16
+
+    start = time.perf_counter()
+    quantizer.check_config(bits, group_size)
+    python = Path(python or gptq_python())
+    if not python.exists():
+        raise FileNotFoundError(f"GPTQ environment not found at {python}: run `make gptq-env` "
+                                "(or set MINT_GPTQ_PYTHON)")
+    ckpt = Checkpoint(checkpoint)
+    dtype16 = str(default_dtype16(ckpt)).removeprefix("torch.")  # scales stored like the model's weights
+    ids = calibration_windows(checkpoint, calibration, windows, seq_len, seed, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="mint-gptq-") as tmp:
+        calib, worker_json = Path(tmp) / "calibration.safetensors", Path(tmp) / "worker.json"
+        save_file({"input_ids": ids.contiguous()}, str(calib))
+        cmd = [str(python), "-P", "-m", "mint.gptq", "--checkpoint", str(checkpoint), "--calibration", str(calib),
+               "--bits", str(bits), "--group-size", str(group_size), "--out", str(worker_json),
+               "--dequant-out", str(dequant_out), "--scale-dtype", dtype16, "--batch-size", str(batch_size),
+               "--actorder", actorder, "--dampening", str(dampening)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        # -P and PYTHONPATH: import this checkout's mint, and nothing from the working directory.
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+        subprocess.run(cmd, check=True, env=env)
+        worker = json.loads(worker_json.read_text())
+    total = gptq_size(ckpt, worker)
+    n_params = ckpt.n_params()
+    peak_self, peak_worker = peak_rss_mb(), worker["worker_peak_rss_mb"]
+    result = {
+        "solver": "gptq",
+        "budget": f"gptq-{bits}bit-g{group_size}",
+        "bits": bits,
+        "group_size": group_size,
+        "total_bytes": total,
+        "total_gib": total / alloc.GIB,
+        "avg_bits": 8 * total / n_params,
+        "n_params": n_params,
+        "size16_bytes": ckpt.size16_bytes(),
+        "quantized_weights": worker["quantized_weights"],
+        "quantized_bytes": worker["quantized_bytes"],
+        "size_formula": ("per quantized [out, in] Linear: 4*out*ceil(in*b/32) codes + 2*out*G 16-bit scales "
+                         "+ 4*ceil(out*b/32)*G packed b-bit zero points + 16 (weight_shape), G = ceil(in/g); "
+                         "every other weight 2 bytes"),
+        "wall_seconds": time.perf_counter() - start,
+        "peak_rss_mb": max(peak_self, peak_worker),
+        "peak_rss_mb_parent": peak_self,
+        "peak_rss_mb_worker": peak_worker,
+        "experts_without_tokens": worker["experts_without_tokens"],
+        "tokens_per_expert": worker["tokens_per_expert"],
+        "calibration": {"source": calibration, "windows": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+                        "seed": seed, "tokens": int(ids.numel())},
+        "dequant_out": str(dequant_out),
+        "worker": {k: v for k, v in worker.items() if k not in ("experts_without_tokens", "tokens_per_expert")},
+    }
+    alloc.write_allocation(result, out)
+    return result
+
+
+def gptq_summary(r):
+    """One paragraph describing a GPTQ result."""
+    idle = sum(r["experts_without_tokens"].values())
+    experts = sum(len(v) for v in r["tokens_per_expert"].values())
+    return (f"gptq {r['bits']}-bit g{r['group_size']}: {r['total_bytes']} bytes ({r['total_gib']:.4f} GiB, "
+            f"{r['avg_bits']:.3f} bits per weight; 16-bit {r['size16_bytes'] / alloc.GIB:.4f} GiB); "
+            f"{r['calibration']['windows']} windows x {r['calibration']['seq_len']} tokens; "
+            f"{idle} of {experts} experts would get no calibration token under normal routing; "
+            f"{r['wall_seconds']:.1f} s, peak {r['peak_rss_mb']:.0f} MiB.")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="mint baseline", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="kind", required=True)
@@ -43,13 +247,41 @@ def main(argv=None):
     uni.add_argument("--bits", type=int, required=True, choices=quantizer.BITS)
     uni.add_argument("--group-size", type=int, required=True, choices=quantizer.GROUP_SIZES)
     uni.add_argument("--out", required=True, help="allocation JSON to write")
+    gq = sub.add_parser("gptq", help="GPTQ (llm-compressor) at one (bits, group size), in .venv-gptq")
+    gq.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder")
+    gq.add_argument("--bits", type=int, required=True, choices=quantizer.BITS)
+    gq.add_argument("--group-size", type=int, required=True, choices=quantizer.GROUP_SIZES)
+    gq.add_argument("--out", required=True, help="result JSON to write")
+    gq.add_argument("--dequant-out", required=True, help="dequantized folder to write (input's names, float32)")
+    gq.add_argument("--calibration", default=CALIBRATION_SOURCE,
+                    help="calibration text (vendored name or path), or 'random' for random token ids")
+    gq.add_argument("--windows", type=int, default=CALIBRATION_WINDOWS, help="calibration windows")
+    gq.add_argument("--seq-len", type=int, default=CALIBRATION_SEQ_LEN, help="tokens per window")
+    gq.add_argument("--seed", type=int, default=0, help="seed of the window sample")
+    gq.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
+    gq.add_argument("--batch-size", type=int, default=8, help="windows per calibration forward")
+    gq.add_argument("--actorder", choices=("static", "weight", "none"), default="static")
+    gq.add_argument("--dampening", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
+    gq.add_argument("--threads", type=int, default=None, help="torch threads of the worker")
+    gq.add_argument("--python", default=None, help="interpreter of the GPTQ environment")
     args = p.parse_args(argv)
+    kind = args.__dict__.pop("kind")
+    start = time.perf_counter()
     try:
+        if kind == "gptq":
+            result = gptq_baseline(**vars(args))
+            print(gptq_summary(result))
+            return 0
         units = alloc.load_units(args.units)
         result = uniform_allocation(units, args.bits, args.group_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"mint baseline: error: {e}", file=sys.stderr)
         return 2
+    except subprocess.CalledProcessError as e:
+        print(f"mint baseline: error: the GPTQ worker failed (exit {e.returncode})", file=sys.stderr)
+        return 1
+    result.update(total_gib=result["total_bytes"] / alloc.GIB, wall_seconds=time.perf_counter() - start,
+                  peak_rss_mb=peak_rss_mb())
     alloc.write_allocation(result, args.out)
     print(alloc.summary(result))
     return 0
