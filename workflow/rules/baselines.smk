@@ -1,0 +1,50 @@
+# Matched-size baselines (METHOD.md §6), one (bits, group size) per target, e.g. 4bit-g128:
+#   uniform RTN: an ordinary allocation, exported by `quantize` like the method's;
+#   GPTQ: llm-compressor in its own environment (`make gptq-env`), which writes its own result and
+#   dequantized folder (and no MLX folder: its format is compressed-tensors, not MLX). Its
+#   calibration windows are as long as the evaluation windows (capped by the model's context).
+
+
+rule baseline_uniform:
+    input:
+        units="results/{model}/units/units.parquet",
+    output:
+        "results/{model}/alloc/uniform/{bits}bit-g{group}.json",
+    wildcard_constraints:
+        bits=r"\d+",
+        group=r"\d+",
+    log:
+        "logs/{model}/baseline_uniform/{bits}bit-g{group}.log",
+    benchmark:
+        "results/benchmarks/{model}/baseline_uniform/{bits}bit-g{group}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "mint baseline uniform --units {input.units} --bits {wildcards.bits} --group-size {wildcards.group}"
+        " --out {output} > {log} 2>&1"
+
+
+rule baseline_gptq:
+    input:
+        checkpoint=get_checkpoint,
+    output:
+        result="results/{model}/gptq/{bits}bit-g{group}.json",
+        dequant=directory("results/{model}/dequant/gptq/{bits}bit-g{group}"),
+    wildcard_constraints:
+        bits=r"\d+",
+        group=r"\d+",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        seq_len=config["evaluation"]["seq_len"],
+    log:
+        "logs/{model}/baseline_gptq/{bits}bit-g{group}.log",
+    benchmark:
+        "results/benchmarks/{model}/baseline_gptq/{bits}bit-g{group}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    shell:
+        "mint baseline gptq --checkpoint {params.checkpoint} --bits {wildcards.bits}"
+        " --group-size {wildcards.group} --seq-len {params.seq_len} --threads {threads}"
+        " --out {output.result} --dequant-out {output.dequant} > {log} 2>&1"
