@@ -50,6 +50,9 @@ from mint import data
 # tok/s for 8 experts, 4x for 60-64 experts (2,231 vs 522; 1,223 vs 313). bf16 autocast beat fp32 for
 # mini-mixtral (2,975 vs 2,391) and tied for mini-qwen3moe. Two threads were 5x *slower* (417 tok/s)
 # on the shared machine. The steps of the `full` profile come from the planned column, FULL_STEPS_NOTE.
+# Windows of 512 tokens (batch 4, the same 2,048 tokens per step, so that training covers the
+# evaluation length of config.yaml) probed at 2,914 / 1,925 / 2,813 tok/s for mixtral / qwen3moe /
+# llama4: not slower than 256 within the noise, so the planned column stands.
 # ---------------------------------------------------------------------------------------------------
 
 # Architecture per model: transformers class names and the MoE shape. Dimensions are multiples of 128
@@ -67,8 +70,8 @@ _TRAIN_FULL = {
     "vocab_size": 8192,  # BPE vocabulary, shared by all four models
     "tokenizer_chars": None,  # characters of each corpus used to train the tokenizer (None: all)
     "train_chars": None,  # characters of the Gutenberg corpus used for training (None: all, 2.46M tokens)
-    "seq_len": 256,  # tokens per training window; also max context for evaluation
-    "batch_size": 8,  # windows per step: 2,048 tokens
+    "seq_len": 512,  # tokens per training window = config.yaml's evaluation length
+    "batch_size": 4,  # windows per step: 2,048 tokens
     "steps": 1000,  # optimizer steps (set per model below)
     "lr": 3e-3,  # peak AdamW learning rate (small models tolerate a high one)
     "min_lr_ratio": 0.1,  # cosine decays to lr * min_lr_ratio
@@ -608,25 +611,29 @@ def _parse_overrides(items):
 
 
 def main(argv=None):
-    """`mint train-reference --model mini-mixtral --profile quick --out DIR [--set key=value ...]`."""
+    """`mint train-reference --model mini-mixtral --profile quick --out DIR [--overrides JSON] [--set k=v]`."""
     parser = argparse.ArgumentParser(prog="mint train-reference", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--profile", default="full", choices=PROFILES)
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override one recipe key (repeatable)")
-    parser.add_argument("--overrides-json", help="a JSON object of recipe overrides")
+    parser.add_argument("--overrides", dest="overrides_json", metavar="JSON",
+                        help='a JSON object of recipe overrides, e.g. \'{"steps": 100}\'')
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     try:
         overrides = json.loads(args.overrides_json) if args.overrides_json else {}
         if not isinstance(overrides, dict):
-            raise RecipeError("--overrides-json must be a JSON object")
+            raise RecipeError("--overrides must be a JSON object")
         overrides.update(_parse_overrides(args.overrides))
         meta = train_reference(args.model, args.out, args.profile, overrides, args.threads,
                                progress=not args.no_progress)
-    except (RecipeError, data.DataError, json.JSONDecodeError) as e:
+    except json.JSONDecodeError as e:
+        print(f"mint train-reference: error: --overrides is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    except (RecipeError, data.DataError) as e:
         print(f"mint train-reference: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.model}: {meta['params'] / 1e6:.2f}M params, {meta['tokens_seen']:,} tokens in "

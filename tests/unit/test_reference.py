@@ -109,6 +109,10 @@ def test_main_user_errors(tmp_path, capsys):
     assert reference.main(["--model", "mini-mixtral", "--out", str(tmp_path), "--set", "nope=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mint train-reference: error: unknown recipe key") and err.count("\n") == 1
+    assert reference.main(["--model", "mini-mixtral", "--out", str(tmp_path), "--overrides", '{"steps": "x"}']) == 2
+    assert "wants int" in capsys.readouterr().err
+    assert reference.main(["--model", "mini-mixtral", "--out", str(tmp_path), "--overrides", "{steps"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         reference.main(["--model", "mini-gpt", "--out", str(tmp_path)])
     assert e.value.code == 2
