@@ -181,9 +181,10 @@ def unit_rows(unit, role, layer, options, n=64):
 
 
 def test_greedy_is_the_single_pass_reading():
-    # Unit a: 3g128 (10 B, 0.5) -> 3g64 (12 B, 0.45) -> 3g32 (14 B, 0.1): the second step is the
-    # more efficient, so the single pass meets it first, while a is not yet at 3g64, and skips it.
-    # Unit b: 3g128 (10 B, 0.5) -> 3g64 (11 B, 0.3), the most efficient step of all.
+    # Unit a: 3g128 (10 B, 0.5) -> 3g64 (12 B, 0.45) -> 3g32 (14 B, 0.1): 3g64 lies above the lower
+    # convex hull, so a's only step is 10 -> 14 B (efficiency 0.1 per byte).
+    # Unit b: 3g128 (10 B, 0.5) -> 3g64 (11 B, 0.3), the most efficient step of all (0.2 per byte).
+    # The single pass takes b's step, then a's no longer fits; the optimum upgrades a instead.
     units = pd.DataFrame(
         unit_rows("a", "attention", 1, [(3, 128, 10, 0.5), (3, 64, 12, 0.45), (3, 32, 14, 0.1)])
         + unit_rows("b", "attention", 1, [(3, 128, 10, 0.5), (3, 64, 11, 0.3)])
@@ -192,7 +193,7 @@ def test_greedy_is_the_single_pass_reading():
     budget = 10 + 10 + 2 + 4
     greedy = {u["unit"]: u["bytes"] for u in A.allocate(units, budget, "greedy", 0.0)["units"]}
     exact = {u["unit"]: u["bytes"] for u in A.allocate(units, budget, "exact", 0.0)["units"]}
-    assert greedy == {"a": 12, "b": 11, "final_norm.weight": 2}    # objective 0.45 + 0.3
+    assert greedy == {"a": 10, "b": 11, "final_norm.weight": 2}    # objective 0.5 + 0.3
     assert exact == {"a": 14, "b": 10, "final_norm.weight": 2}     # objective 0.1 + 0.5
 
 
