@@ -23,6 +23,7 @@ for about 40 minutes for all four on a 2-core machine. Every key can be overridd
 import argparse
 import csv
 import functools
+import hashlib
 import json
 import math
 import sys
@@ -184,6 +185,8 @@ def resolve_recipe(name, profile="full", overrides=None):
         if key not in recipe:
             raise RecipeError(f"unknown recipe key {key!r} for {name}; known: {', '.join(sorted(recipe))}")
         default = recipe[key]
+        if default is None and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RecipeError(f"recipe key {key!r} wants an int or null, got {value!r}")
         if default is not None and value is not None:
             ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
             if not ok or (isinstance(value, bool) and not isinstance(default, bool)):
@@ -567,6 +570,8 @@ def train_reference(name, out_dir, profile="full", overrides=None, threads=1, pr
         "initial_val_loss": log_rows[0]["val_loss"],
         "final_val_loss": log_rows[-1]["val_loss"],
         "final_val_ppl": log_rows[-1]["val_ppl"],
+        # The same for all four models of a profile: BPE training is deterministic.
+        "tokenizer_sha256": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "threads": threads,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
