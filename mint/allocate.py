@@ -748,10 +748,26 @@ def _prior_flag(text):
     return key, float(value)
 
 
+def matched_budget(spec):
+    """A budget spec, where `@result.json` stands for the `total_bytes` of another result.
+
+    This is how the method is allocated at a baseline's exact size (GPTQ's, uniform RTN's).
+    """
+    if not str(spec).startswith("@"):
+        return spec
+    path = spec[1:]
+    try:
+        with open(path) as f:
+            return int(json.load(f)["total_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BudgetError(f"budget {spec!r}: cannot read total_bytes from {path}: {e}") from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="mint allocate", description=__doc__.split("\n")[0])
     parser.add_argument("--units", nargs="+", required=True, help="rate-distortion parquet file(s)")
-    parser.add_argument("--budget", required=True, help=f"the memory budget: {BUDGET_FORMS}")
+    parser.add_argument("--budget", required=True,
+                        help=f"the memory budget: {BUDGET_FORMS}; or @result.json for that result's size")
     parser.add_argument("--solver", choices=SOLVERS, default="exact")
     parser.add_argument("--sqnr-floor", type=float, default=SQNR_FLOOR_DB,
                         help="safety veto floor in dB; 0 turns it off")
@@ -762,6 +778,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="allocation JSON to write")
     args = parser.parse_args(argv)
     try:
+        args.budget = matched_budget(args.budget)
         result = allocate_files(**vars(args))
     except (BudgetError, OSError) as e:
         print(f"mint allocate: error: {e}", file=sys.stderr)

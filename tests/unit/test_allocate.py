@@ -365,3 +365,12 @@ def test_time_limit_reports_a_certified_gap():
         assert solved["status"] in ("optimal", "time_limit")
         if solved["status"] == "optimal":
             assert objective == pytest.approx(best, abs=1e-9)
+
+
+def test_matched_budget_reads_another_results_size(tmp_path):
+    result = tmp_path / "gptq.json"
+    result.write_text('{"total_bytes": 123456}')
+    assert A.matched_budget(f"@{result}") == 123456
+    assert A.matched_budget("4.5bpw") == "4.5bpw"
+    with pytest.raises(A.BudgetError, match="total_bytes"):
+        A.matched_budget(f"@{tmp_path / 'missing.json'}")

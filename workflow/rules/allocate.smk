@@ -1,11 +1,13 @@
 rule allocate:
     input:
         units="results/{model}/units/units.parquet",
+        matched=get_budget_input,
     output:
         "results/{model}/alloc/{variant}/{budget}.json",
     params:
         solver=lambda wc: get_variant(wc)["solver"],
         floor=lambda wc: get_variant(wc)["sqnr_floor_db"],
+        budget=get_budget_spec,
     log:
         "logs/{model}/allocate/{variant}/{budget}.log",
     benchmark:
@@ -14,24 +16,26 @@ rule allocate:
     resources:
         mem_mb=2000,
     shell:
-        "mint allocate --units {input.units} --budget {wildcards.budget} --solver {params.solver}"
+        "mint allocate --units {input.units} --budget {params.budget} --solver {params.solver}"
         " --sqnr-floor {params.floor} --out {output} > {log} 2>&1"
 
 
 rule quantize:
     input:
         checkpoint=get_checkpoint,
-        allocation="results/{model}/alloc/{variant}/{budget}.json",
+        allocation="results/{model}/alloc/{method}/{budget}.json",
         rules="results/{model}/rules.json",
     output:
-        mlx=directory("results/{model}/mlx/{variant}/{budget}"),
-        dequant=directory("results/{model}/dequant/{variant}/{budget}"),
+        mlx=directory("results/{model}/mlx/{method}/{budget}"),
+        dequant=directory("results/{model}/dequant/{method}/{budget}"),
+    wildcard_constraints:
+        method=alternatives(VARIANTS + ["uniform"]),
     params:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
     log:
-        "logs/{model}/quantize/{variant}/{budget}.log",
+        "logs/{model}/quantize/{method}/{budget}.log",
     benchmark:
-        "results/benchmarks/{model}/quantize/{variant}/{budget}.tsv"
+        "results/benchmarks/{model}/quantize/{method}/{budget}.tsv"
     threads: 1
     resources:
         mem_mb=4000,

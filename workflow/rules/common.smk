@@ -10,17 +10,28 @@ validate(config, "../../config/schema.yaml")
 
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
+BASELINES = ("uniform", "gptq")
+# A budget named after a baseline ("gptq-4bit-g128") is that baseline's exact size: matched-size runs.
+MATCHED = re.compile(r"^(?P<baseline>uniform|gptq)-(?P<config>\d+bit-g\d+)$")
+
+
+def baseline_configs(model, kind):
+    return config["models"][model].get("baselines", {}).get(kind, [])
+
+
 BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]})
+BASELINE_CONFIGS = sorted({c for m in MODELS for k in BASELINES for c in baseline_configs(m, k)})
 
 
 def alternatives(names):
-    return "|".join(re.escape(n) for n in names)
+    return "|".join(re.escape(n) for n in names) or "^$"
 
 
 wildcard_constraints:
     model=alternatives(MODELS),
     variant=alternatives(VARIANTS),
-    budget=alternatives(BUDGETS),
+    method=alternatives(VARIANTS + list(BASELINES)),
+    budget=alternatives(BUDGETS + BASELINE_CONFIGS),
     shard=r"[^/]+",
 
 
@@ -91,12 +102,35 @@ def get_variants(model):
     return names
 
 
+def get_budget_input(wildcards):
+    """A matched budget needs the baseline's result, whose size it takes."""
+    m = MATCHED.match(wildcards.budget)
+    if not m:
+        return []
+    if m["baseline"] == "gptq":
+        return f"results/{wildcards.model}/gptq/{m['config']}.json"
+    return f"results/{wildcards.model}/alloc/uniform/{m['config']}.json"
+
+
+def get_budget_spec(wildcards):
+    matched = get_budget_input(wildcards)
+    return f"@{matched}" if matched else wildcards.budget
+
+
 def get_allocations(model):
+    """Every allocation of a model: variants x budgets, and the uniform baselines."""
     return expand("results/{model}/alloc/{variant}/{budget}.json", model=model,
-                  variant=get_variants(model), budget=get_budgets(model))
+                  variant=get_variants(model), budget=get_budgets(model)) + expand(
+        "results/{model}/alloc/uniform/{config}.json", model=model,
+        config=baseline_configs(model, "uniform"))
 
 
 def get_evaluations(model):
-    return [f"results/{model}/eval/bf16.json"] + expand(
-        "results/{model}/eval/{variant}/{budget}.json", model=model, variant=get_variants(model),
-        budget=get_budgets(model))
+    """Every evaluation of a model: 16-bit, each allocation, and each baseline."""
+    runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
+    runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
+    return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
+
+
+def get_units_tables():
+    return [f"results/{m}/units/{kind}.parquet" for m in MODELS for kind in ("units", "clusters")]

@@ -2,7 +2,8 @@ rule evaluate_bf16:
     input:
         checkpoint=get_checkpoint,
     output:
-        "results/{model}/eval/bf16.json",
+        summary="results/{model}/eval/bf16.json",
+        windows="results/{model}/eval/bf16.windows.npz",
     params:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
         seq_len=config["evaluation"]["seq_len"],
@@ -17,27 +18,28 @@ rule evaluate_bf16:
         mem_mb=4000,
     shell:
         "mint evaluate --model {params.checkpoint} --seq-len {params.seq_len} --windows {params.windows}"
-        " --dtype {params.dtype} --out {output} > {log} 2>&1"
+        " --dtype {params.dtype} --out {output.summary} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         checkpoint=get_checkpoint,
-        dequant="results/{model}/dequant/{variant}/{budget}",
+        dequant="results/{model}/dequant/{method}/{budget}",
     output:
-        "results/{model}/eval/{variant}/{budget}.json",
+        summary="results/{model}/eval/{method}/{budget}.json",
+        windows="results/{model}/eval/{method}/{budget}.windows.npz",
     params:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
         seq_len=config["evaluation"]["seq_len"],
         windows=config["evaluation"]["windows"],
         dtype=config["evaluation"]["dtype"],
     log:
-        "logs/{model}/evaluate/{variant}/{budget}.log",
+        "logs/{model}/evaluate/{method}/{budget}.log",
     benchmark:
-        "results/benchmarks/{model}/evaluate/{variant}/{budget}.tsv"
+        "results/benchmarks/{model}/evaluate/{method}/{budget}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
     shell:
         "mint evaluate --model {input.dequant} --reference {params.checkpoint} --seq-len {params.seq_len}"
-        " --windows {params.windows} --dtype {params.dtype} --out {output} > {log} 2>&1"
+        " --windows {params.windows} --dtype {params.dtype} --out {output.summary} > {log} 2>&1"

@@ -2,9 +2,11 @@ rule tables:
     input:
         allocations=[a for m in MODELS for a in get_allocations(m)],
         evaluations=[e for m in MODELS for e in get_evaluations(m)],
+        units=get_units_tables(),
     output:
         directory("results/tables"),
+        directory("results/plots"),
     log:
         "logs/tables.log",
     shell:
-        "mint tables --results results --out {output} > {log} 2>&1"
+        "mint tables --results results --tables {output[0]} --plots {output[1]} > {log} 2>&1"
