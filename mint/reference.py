@@ -352,13 +352,26 @@ def _llama4_sparse_moe_forward(self, hidden_states):
     experts = self.experts
     x = (hidden_states[token] * scores.reshape(-1)[order, None]).to(experts.gate_up_proj.dtype)
     offs = torch.cumsum(torch.bincount(flat_expert, minlength=self.num_experts), 0).to(torch.int32)
-    gate, up = F.grouped_mm(x, experts.gate_up_proj, offs=offs).chunk(2, dim=-1)
-    routed = F.grouped_mm(up * experts.act_fn(gate), experts.down_proj, offs=offs)
+    gate, up = _grouped_mm(x, experts.gate_up_proj, offs).chunk(2, dim=-1)
+    routed = _grouped_mm(up * experts.act_fn(gate), experts.down_proj, offs)
     out = self.shared_expert(hidden_states)
     out = out + torch.zeros_like(out).index_add(0, token, routed.to(out.dtype))
     fraction = torch.bincount(flat_expert, minlength=self.num_experts).float() / flat_expert.numel()
     self.aux_loss = self.num_experts * (fraction * torch.softmax(logits.float(), -1).mean(0)).sum()
     return out, logits
+
+
+def _grouped_mm(x, w, offs):
+    """Rows of x sorted by expert times w[e] [E, in, out]: torch's grouped_mm on the CPU, a loop elsewhere
+    (CUDA's grouped_mm wants bf16)."""
+    if x.device.type == "cpu":
+        return torch.nn.functional.grouped_mm(x, w, offs=offs)
+    return _grouped_mm_loop(x, w, offs)
+
+
+def _grouped_mm_loop(x, w, offs):
+    starts = [0] + offs.tolist()[:-1]
+    return torch.cat([x[a:b] @ w[e] for e, (a, b) in enumerate(zip(starts, offs.tolist()))])
 
 
 def _aux_loss(model, outputs):
@@ -393,8 +406,8 @@ def _make_optimizer(model, recipe):
     )
 
 
-def _autocast(recipe):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe["autocast_bf16"])
+def _autocast(recipe, device_type="cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=recipe["autocast_bf16"])
 
 
 @torch.no_grad()
@@ -405,7 +418,7 @@ def validation_loss(model, windows, recipe, batch_size=None):
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         x = windows[i:i + batch_size]
-        with _autocast(recipe):
+        with _autocast(recipe, x.device.type):
             logits = model(input_ids=x).logits
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
@@ -418,7 +431,7 @@ def validation_loss(model, windows, recipe, batch_size=None):
 def _train_step(model, optimizer, x, recipe, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with _autocast(recipe):
+    with _autocast(recipe, x.device.type):
         out = model(input_ids=x, labels=x, output_router_logits=True) if not _is_llama4(model) \
             else model(input_ids=x, labels=x)
     aux = _aux_loss(model, out)
@@ -488,7 +501,7 @@ def _prepare(name, profile, overrides):
     return recipe, tokenizer, streams, valid[torch.from_numpy(pick)]
 
 
-def train_reference(name, out_dir, profile="full", overrides=None, threads=1, progress=True):
+def train_reference(name, out_dir, profile="full", overrides=None, threads=1, progress=True, device="cpu"):
     """Train reference model `name` and save it to `out_dir`.
 
     Args:
@@ -497,6 +510,9 @@ def train_reference(name, out_dir, profile="full", overrides=None, threads=1, pr
         profile: "full" or "quick" (a few seconds, for tests).
         overrides: dict of recipe keys to change (e.g. from config.yaml).
         threads: torch CPU threads (1 was fastest on the shared 2-core machine).
+        device: torch device; the recipes are sized for "cpu" (a GPU run wants
+            overrides={"experts_implementation": "eager"} unless its grouped_mm takes fp32).
+        progress: show a tqdm bar.
     Returns:
         The train_meta dict.
     """
@@ -507,7 +523,8 @@ def train_reference(name, out_dir, profile="full", overrides=None, threads=1, pr
     torch.set_num_threads(threads)
     torch.manual_seed(recipe["seed"])
     rng = np.random.default_rng(recipe["seed"])
-    model = build_model(name, recipe, tokenizer)
+    model = build_model(name, recipe, tokenizer).to(device)
+    valid = valid.to(device)
     model.train()
     optimizer = _make_optimizer(model, recipe)
     out_dir = Path(out_dir)
@@ -534,7 +551,7 @@ def train_reference(name, out_dir, profile="full", overrides=None, threads=1, pr
     batches = _batches(streams, recipe, rng)
     bar = tqdm(range(recipe["steps"]), desc=name, disable=not progress, mininterval=2.0)
     for step in bar:
-        loss, aux = _train_step(model, optimizer, next(batches), recipe, lr_at(step, recipe))
+        loss, aux = _train_step(model, optimizer, next(batches).to(device), recipe, lr_at(step, recipe))
         losses.append(loss)
         auxes.append(aux)
         if (step + 1) % recipe["eval_every"] == 0 or step + 1 == recipe["steps"]:
@@ -548,7 +565,7 @@ def train_reference(name, out_dir, profile="full", overrides=None, threads=1, pr
         writer.writerows(log_rows)
 
     model.config.output_router_logits = False
-    model.to(torch.bfloat16).save_pretrained(out_dir)
+    model.to("cpu", torch.bfloat16).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
     import transformers
@@ -573,6 +590,7 @@ def train_reference(name, out_dir, profile="full", overrides=None, threads=1, pr
         # The same for all four models of a profile: BPE training is deterministic.
         "tokenizer_sha256": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "threads": threads,
+        "device": str(device),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
@@ -626,6 +644,7 @@ def main(argv=None):
     parser.add_argument("--overrides", dest="overrides_json", metavar="JSON",
                         help='a JSON object of recipe overrides, e.g. \'{"steps": 100}\'')
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device (the recipes are sized for the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     try:
@@ -634,7 +653,7 @@ def main(argv=None):
             raise RecipeError("--overrides must be a JSON object")
         overrides.update(_parse_overrides(args.overrides))
         meta = train_reference(args.model, args.out, args.profile, overrides, args.threads,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, device=args.device)
     except json.JSONDecodeError as e:
         print(f"mint train-reference: error: --overrides is not valid JSON: {e}", file=sys.stderr)
         return 2

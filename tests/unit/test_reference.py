@@ -85,6 +85,14 @@ def test_llama4_sparse_forward_matches_stock():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_grouped_mm_loop_matches_torch():
+    torch.manual_seed(0)
+    x, w = torch.randn(10, 128), torch.randn(4, 128, 256)
+    offs = torch.tensor([3, 3, 7, 10], dtype=torch.int32)  # expert 1 gets no rows
+    torch.testing.assert_close(reference._grouped_mm_loop(x, w, offs),
+                               torch.nn.functional.grouped_mm(x, w, offs=offs), atol=1e-4, rtol=1e-5)
+
+
 def test_recipe_overrides_are_checked():
     assert reference.resolve_recipe("mini-qwen3moe", "full", {"lr": 1})["lr"] == 1.0
     with pytest.raises(reference.RecipeError, match="unknown recipe key"):
