@@ -1,0 +1,218 @@
+"""Tables and plots from the pipeline's result files (CSV + Markdown, PNG).
+
+Reads what the other stages wrote under `results/{model}/` (allocations, baseline results,
+evaluations with their per-window losses, unit tables) and writes:
+- `results.*`: every evaluated model: size, average bits, mean / median / trimmed PPL, KLD, and the
+  paired difference of per-window log-perplexity against the 16-bit model and against GPTQ.
+- `matched_size.*`: per model, 16-bit, uniform RTN, GPTQ and the method at the baselines' sizes.
+- `budget_sweep.*`: the method over budgets, with the bit distribution and a status.
+- `solver.*`: greedy vs exact on every allocation (objective, LP bound, gap, bytes used).
+Each table carries the commit and the config hash that made it.
+"""
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from mint import plots
+from mint.evaluate import paired_comparison
+
+GIB = 1024**3
+# A model is "broken" past this perplexity ratio over 16-bit (the paper's no-veto Scout run: 23.6 vs 7.4).
+BROKEN_RATIO = 2.0
+
+
+def provenance(config_path="config/config.yaml"):
+    """(commit, config hash): what made these tables."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    path = Path(config_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else "none"
+    return commit, digest
+
+
+def _read(path):
+    return json.loads(Path(path).read_text())
+
+
+def collect_runs(results_dir):
+    """One row per evaluated model: method, budget, its size and its evaluation, from the files."""
+    rows = []
+    for model_dir in sorted(p for p in Path(results_dir).iterdir() if (p / "eval" / "bf16.json").exists()):
+        model = model_dir.name
+        bf16 = _read(model_dir / "eval" / "bf16.json")
+        # The 16-bit size as the allocator counts it (every tensor on disk), from any allocation.
+        any_alloc = next((model_dir / "alloc").glob("*/*.json"))
+        alloc = _read(any_alloc)
+        rows.append(_row(model, "bf16", "16-bit", None, alloc["size16_bytes"], alloc["n_params"], bf16,
+                         model_dir / "eval"))
+        for path in sorted((model_dir / "eval").glob("*/*.json")):
+            method, budget = path.parent.name, path.stem
+            if method == "gptq":
+                info = _read(model_dir / "gptq" / f"{budget}.json")
+            else:
+                info = _read(model_dir / "alloc" / method / f"{budget}.json")
+            rows.append(_row(model, method, budget, info, info["total_bytes"], info["n_params"], _read(path),
+                             model_dir / "eval"))
+    return pd.DataFrame(rows)
+
+
+def format_bits(distribution):
+    """{"3": 0.79, "4": 0.19, "16": 0.0006} -> "3b 79%, 4b 19%, 16b 0.1%" (fractions of parameters)."""
+    if not isinstance(distribution, dict):
+        return "16b 100%"
+    parts = sorted(distribution.items(), key=lambda kv: int(kv[0]))
+    return ", ".join(f"{b}b {100 * f:.3g}%" for b, f in parts if f > 0)
+
+
+def _row(model, method, budget, info, size_bytes, n_params, ev, eval_dir):
+    row = dict(model=model, method=method, budget=budget, size_bytes=int(size_bytes),
+               size_gib=size_bytes / GIB, avg_bits=8 * size_bytes / n_params,
+               ppl_mean=ev["ppl_mean"], ppl_median=ev["ppl_median"], ppl_trimmed5=ev["ppl_trimmed5"],
+               windows_ppl_gt_100=ev["windows_ppl_gt_100"], n_windows=ev["n_windows"],
+               kld=ev.get("kld_mean", 0.0 if method == "bf16" else float("nan")),
+               windows=str(eval_dir / (f"{method}/{budget}" if method != "bf16" else "bf16")) + ".windows.npz")
+    if info is not None:
+        row.update(solver=info.get("solver"), objective=info.get("objective"), lp_bound=info.get("lp_bound"),
+                   gap_rel=info.get("gap_rel"), budget_bytes=info.get("budget_bytes"),
+                   bits=format_bits(info["bit_distribution"]) if "bit_distribution" in info
+                   else f"{info.get('bits')}b g{info.get('group_size')} (quantized layers)")
+    return row
+
+
+def add_paired(runs):
+    """Paired per-window log-PPL difference of each run against 16-bit and against GPTQ 4-bit g128."""
+    out = runs.copy()
+    for model, group in runs.groupby("model"):
+        bf16 = group[group["method"] == "bf16"].iloc[0]["windows"]
+        gptq = group[(group["method"] == "gptq")]
+        for i, row in group.iterrows():
+            if row["method"] != "bf16":
+                d = paired_comparison(bf16, row["windows"])
+                out.loc[i, ["dlogppl_vs_bf16", "se_vs_bf16"]] = d["mean_diff_log_ppl"], d["se"]
+            if len(gptq) and row["method"] != "gptq":
+                d = paired_comparison(gptq.iloc[0]["windows"], row["windows"])
+                out.loc[i, ["dlogppl_vs_gptq", "se_vs_gptq"]] = d["mean_diff_log_ppl"], d["se"]
+    return out
+
+
+def label(row):
+    if row["method"] == "bf16":
+        return "16-bit"
+    if row["method"] in ("uniform", "gptq"):
+        return f"{row['method']} {row['budget']}"
+    return f"{row['method']} @ {row['budget']}"
+
+
+def status(row, ppl16):
+    ratio = row["ppl_mean"] / ppl16
+    return "broken" if ratio > BROKEN_RATIO else f"{100 * (ratio - 1):+.2f}% PPL"
+
+
+def matched_size_table(runs):
+    """Per model: 16-bit, uniform RTN, GPTQ, and the method at the baselines' exact sizes."""
+    keep = runs["method"].isin(["bf16", "uniform", "gptq"]) | runs["budget"].str.match(r"^(gptq|uniform)-")
+    cols = ["model", "method_label", "size_gib", "avg_bits", "ppl_mean", "ppl_median", "ppl_trimmed5", "kld",
+            "dlogppl_vs_gptq", "se_vs_gptq", "dlogppl_vs_bf16", "se_vs_bf16"]
+    table = runs[keep].assign(method_label=runs[keep].apply(label, axis=1))
+    return table.reindex(columns=cols).sort_values(["model", "size_gib"])
+
+
+def budget_sweep_table(runs):
+    """The method (and its no-veto variant) over budgets, with bit distribution and status."""
+    rows = []
+    for model, group in runs.groupby("model"):
+        ppl16 = group[group["method"] == "bf16"].iloc[0]["ppl_mean"]
+        for _, row in group[~group["method"].isin(["gptq", "mint-greedy"])].iterrows():
+            rows.append(dict(model=model, run=label(row), size_gib=row["size_gib"], avg_bits=row["avg_bits"],
+                             bits=row["bits"] if isinstance(row["bits"], str) else "16b 100%",
+                             ppl_mean=row["ppl_mean"], kld=row["kld"], status=status(row, ppl16)))
+    return pd.DataFrame(rows).sort_values(["model", "size_gib"])
+
+
+def solver_table(runs):
+    """Greedy against exact at every budget where both ran: objective, LP bound, gap, bytes used."""
+    alloc = runs[runs["method"].isin(["mint", "mint-greedy"])]
+    rows = []
+    for (model, budget), group in alloc.groupby(["model", "budget"]):
+        by = {r["method"]: r for _, r in group.iterrows()}
+        if set(by) != {"mint", "mint-greedy"}:
+            continue
+        exact, greedy = by["mint"], by["mint-greedy"]
+        rows.append(dict(model=model, budget=budget, budget_bytes=exact["budget_bytes"],
+                         exact_objective=exact["objective"], greedy_objective=greedy["objective"],
+                         lp_bound=exact["lp_bound"], exact_gap_rel=exact["gap_rel"],
+                         greedy_excess_rel=greedy["objective"] / exact["objective"] - 1 if exact["objective"] else 0.0,
+                         exact_bytes=exact["size_bytes"], greedy_bytes=greedy["size_bytes"],
+                         ppl_exact=exact["ppl_mean"], ppl_greedy=greedy["ppl_mean"]))
+    return pd.DataFrame(rows)
+
+
+def write_table(df, stem, provenance_line):
+    """CSV for machines, Markdown for people; both say what made them."""
+    df.to_csv(f"{stem}.csv", index=False, float_format="%.6g")
+    Path(f"{stem}.md").write_text(f"{provenance_line}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+
+
+def make_plots(runs, results_dir, plots_dir):
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for model, group in runs.groupby("model"):
+        points = group[group["method"] != "bf16"].assign(
+            method=lambda g: g["method"].where(g["method"].isin(["uniform", "gptq"]), g["method"]),
+            ppl=group["ppl_mean"])
+        ref = group[group["method"] == "bf16"].iloc[0]
+        plots.plot_ppl_vs_size(points, plots_dir / f"{model}_ppl_vs_size.png", f"{model}: perplexity vs size",
+                               reference=(ref["size_gib"], ref["ppl_mean"]))
+        units_dir = Path(results_dir) / model / "units"
+        units = pd.read_parquet(units_dir / "units.parquet")
+        plots.plot_rd_curves(units, plots_dir / f"{model}_rd_curves.png",
+                             title=f"{model}: most and least sensitive units")
+        clusters = pd.read_parquet(units_dir / "clusters.parquet")
+        if len(clusters):
+            plots.plot_clusters(clusters, plots_dir / f"{model}_clusters.png")
+        mint_runs = group[group["method"] == "mint"].sort_values("size_gib")
+        if len(mint_runs):
+            pick = mint_runs.iloc[len(mint_runs) // 2]
+            alloc = _read(Path(results_dir) / model / "alloc" / "mint" / f"{pick['budget']}.json")
+            plots.plot_bits_heatmap(alloc, plots_dir / f"{model}_bits_heatmap.png",
+                                    f"{model}: mint @ {pick['budget']} ({pick['avg_bits']:.2f} bpw)")
+
+
+def make_tables(results, tables, plots_dir, config="config/config.yaml"):
+    runs = add_paired(collect_runs(results))
+    tables, plots_dir = Path(tables), Path(plots_dir)
+    tables.mkdir(parents=True, exist_ok=True)
+    commit, digest = provenance(config)
+    line = f"Made by commit {commit} with config sha256 {digest}."
+    write_table(runs.drop(columns=["windows"]), tables / "results", line)
+    write_table(matched_size_table(runs), tables / "matched_size", line)
+    write_table(budget_sweep_table(runs), tables / "budget_sweep", line)
+    write_table(solver_table(runs), tables / "solver", line)
+    make_plots(runs, results, plots_dir)
+    print(f"{len(runs)} evaluated runs -> {tables}, plots -> {plots_dir}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="mint tables", description=__doc__.splitlines()[0])
+    p.add_argument("--results", default="results", help="the pipeline's results folder")
+    p.add_argument("--tables", default="results/tables", help="output folder for tables")
+    p.add_argument("--plots", dest="plots_dir", default="results/plots", help="output folder for plots")
+    p.add_argument("--config", default="config/config.yaml", help="config whose hash is recorded")
+    args = p.parse_args(argv)
+    make_tables(**vars(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
