@@ -18,13 +18,14 @@ $(BIN)/mint: pyproject.toml
 
 venv: $(BIN)/mint
 
-tables: venv
+tables: venv gptq-env
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) results/tables
 
 dry-run: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake -n results/tables
 
-test: venv
+# The GPTQ environment is built too, so that the GPTQ-vs-RTN tests run rather than skip.
+test: venv gptq-env
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 clean-results:
