@@ -21,7 +21,6 @@ everything it keeps in 16 bits (embeddings, LM head, routers, norms, biases).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from mint import allocate as alloc
 from mint import quantizer
+from mint.gptq import peak_rss_mb  # the worker's own measure; gptq.py imports only torch here
 
 REPO = Path(__file__).resolve().parent.parent
 # The environment llm-compressor lives in (Makefile target gptq-env); MINT_GPTQ_PYTHON overrides it.
@@ -93,15 +93,6 @@ def _encode(tokenizer, text, chunk_lines=2000):
         encoded = tokenizer(blocks[i : i + 16], add_special_tokens=False, verbose=False)["input_ids"]
         out += [np.asarray(ids, dtype=np.int64) for ids in encoded]
     return np.concatenate(out)
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process in MiB: VmHWM, which, unlike ru_maxrss, starts afresh
-    at exec (so a worker does not inherit the high-water mark of the process that forked it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def calibration_windows(checkpoint, source=CALIBRATION_SOURCE, windows=CALIBRATION_WINDOWS,
