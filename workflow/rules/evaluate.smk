@@ -18,7 +18,7 @@ rule evaluate_bf16:
         mem_mb=4000,
     shell:
         "mint evaluate --model {params.checkpoint} --seq-len {params.seq_len} --windows {params.windows}"
-        " --dtype {params.dtype} --out {output.summary} > {log} 2>&1"
+        " --dtype {params.dtype} --threads {threads} --out {output.summary} > {log} 2>&1"
 
 
 rule evaluate:
@@ -42,4 +42,4 @@ rule evaluate:
         mem_mb=4000,
     shell:
         "mint evaluate --model {input.dequant} --reference {params.checkpoint} --seq-len {params.seq_len}"
-        " --windows {params.windows} --dtype {params.dtype} --out {output.summary} > {log} 2>&1"
+        " --windows {params.windows} --dtype {params.dtype} --threads {threads} --out {output.summary} > {log} 2>&1"

@@ -14,7 +14,7 @@ checkpoint train_reference:
         mem_mb=4000,
     shell:
         "mint train-reference --model {params.recipe} --profile {params.profile}"
-        " --overrides '{params.overrides}' --out {output} > {log} 2>&1"
+        " --overrides '{params.overrides}' --threads {threads} --out {output} > {log} 2>&1"
 
 
 checkpoint download:
