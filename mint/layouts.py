@@ -163,9 +163,7 @@ QWEN3_MOE = Layout("qwen3_moe", _rules(*_GENERIC))
 MIXTRAL = Layout(
     "mixtral",
     _rules(
-        {"pattern": r"^model\.embed_tokens\.weight$", "role": "embedding", "unit": "model.embed_tokens"},
-        {"pattern": r"^lm_head\.weight$", "role": "lm_head", "unit": "lm_head"},
-        {"pattern": rf"^{_L}\.self_attn\.(?P<proj>\w+)\.weight$", "role": "attention", "unit": "{module}"},
+        *_GENERIC[:3],  # embedding, head and attention are named as in the generic layout
         {"pattern": rf"^{_L}\.block_sparse_moe\.gate\.weight$", "role": "router", "unit": "{module}"},
         {
             "pattern": rf"^{_L}\.block_sparse_moe\.experts\.(?P<expert>\d+)\.(?P<proj>w[123])\.weight$",
