@@ -7,6 +7,8 @@ evaluations with their per-window losses, unit tables) and writes:
 - `matched_size.*`: per model, 16-bit, uniform RTN, GPTQ and the method at the baselines' sizes.
 - `budget_sweep.*`: the method over budgets, with the bit distribution and a status.
 - `solver.*`: greedy vs exact on every allocation (objective, LP bound, gap, bytes used).
+- `clustering.*`: for models analysed both ways, clustered representatives vs every expert measured
+  (analysis time, chosen configs that differ, PPL and KLD of the two allocations).
 Each table carries the commit and the config hash that made it.
 """
 
@@ -122,7 +124,8 @@ def status(row, ppl16):
 
 def matched_size_table(runs):
     """Per model: 16-bit, uniform RTN, GPTQ, and the method at the baselines' exact sizes."""
-    keep = runs["method"].isin(["bf16", "uniform", "gptq"]) | runs["budget"].str.match(r"^(gptq|uniform)-")
+    keep = runs["method"].isin(["bf16", "uniform", "gptq"]) | (
+        runs["budget"].str.match(r"^(gptq|uniform)-") & (runs["method"] != "mint-all"))
     cols = ["model", "method_label", "size_gib", "avg_bits", "ppl_mean", "ppl_median", "ppl_trimmed5", "kld",
             "dlogppl_vs_gptq", "se_vs_gptq", "dlogppl_vs_bf16", "se_vs_bf16"]
     table = runs[keep].assign(method_label=runs[keep].apply(label, axis=1))
@@ -134,7 +137,7 @@ def budget_sweep_table(runs):
     rows = []
     for model, group in runs.groupby("model"):
         ppl16 = group[group["method"] == "bf16"].iloc[0]["ppl_mean"]
-        for _, row in group[~group["method"].isin(["gptq", "mint-greedy"])].iterrows():
+        for _, row in group[~group["method"].isin(["gptq", "mint-greedy", "mint-all"])].iterrows():
             rows.append(dict(model=model, run=label(row), size_gib=row["size_gib"], avg_bits=row["avg_bits"],
                              bits=row["bits"] if isinstance(row["bits"], str) else "16b 100%",
                              ppl_mean=row["ppl_mean"], kld=row["kld"], status=status(row, ppl16)))
@@ -156,6 +159,38 @@ def solver_table(runs):
                          greedy_excess_rel=greedy["objective"] / exact["objective"] - 1 if exact["objective"] else 0.0,
                          exact_bytes=exact["size_bytes"], greedy_bytes=greedy["size_bytes"],
                          ppl_exact=exact["ppl_mean"], ppl_greedy=greedy["ppl_mean"]))
+    return pd.DataFrame(rows)
+
+
+def stage_seconds(results_dir, model, stages):
+    """Wall seconds of the named stages, from Snakemake's benchmark files (all shards summed)."""
+    total = 0.0
+    for stage in stages:
+        for path in Path(results_dir, "benchmarks", model).glob(f"{stage}"):
+            total += float(pd.read_csv(path, sep="\t")["s"].iloc[0])
+    return total
+
+
+def clustering_table(runs, results_dir):
+    """Clustered representatives (mint) against every expert measured (mint-all), per budget."""
+    rows = []
+    for (model, budget), group in runs[runs["method"].isin(["mint", "mint-all"])].groupby(["model", "budget"]):
+        by = {r["method"]: r for _, r in group.iterrows()}
+        if set(by) != {"mint", "mint-all"}:
+            continue
+        alloc = {m: _read(Path(results_dir) / model / "alloc" / m / f"{budget}.json") for m in by}
+        chosen = {m: {u["unit"]: (u["bits"], u["group_size"]) for u in a["units"]} for m, a in alloc.items()}
+        differ = sum(chosen["mint"][u] != chosen["mint-all"][u] for u in chosen["mint"])
+        paired = paired_comparison(by["mint-all"]["windows"], by["mint"]["windows"])
+        rows.append(dict(
+            model=model, budget=budget,
+            analysis_s_clustered=stage_seconds(results_dir, model, ["analyze/*.tsv", "experts.tsv"]),
+            analysis_s_all=stage_seconds(results_dir, model, ["analyze-all/*.tsv", "experts-all.tsv"]),
+            units=len(chosen["mint"]), units_differing=differ,
+            objective_clustered=alloc["mint"]["objective"], objective_all=alloc["mint-all"]["objective"],
+            ppl_clustered=by["mint"]["ppl_mean"], ppl_all=by["mint-all"]["ppl_mean"],
+            kld_clustered=by["mint"]["kld"], kld_all=by["mint-all"]["kld"],
+            dlogppl_clustered_vs_all=paired["mean_diff_log_ppl"], se=paired["se"]))
     return pd.DataFrame(rows)
 
 
@@ -199,6 +234,7 @@ def make_tables(results, tables, plots_dir, config="config/config.yaml"):
     write_table(matched_size_table(runs), tables / "matched_size", line)
     write_table(budget_sweep_table(runs), tables / "budget_sweep", line)
     write_table(solver_table(runs), tables / "solver", line)
+    write_table(clustering_table(runs, results), tables / "clustering", line)
     make_plots(runs, results, plots_dir)
     print(f"{len(runs)} evaluated runs -> {tables}, plots -> {plots_dir}")
 

@@ -20,6 +20,22 @@ rule allocate:
         " --sqnr-floor {params.floor} --out {output} > {log} 2>&1"
 
 
+use rule allocate as allocate_all_experts with:
+    input:
+        units="results/{model}/units-all/units.parquet",
+        matched=get_budget_input,
+    output:
+        "results/{model}/alloc/mint-all/{budget}.json",
+    params:
+        solver=config["variants"]["mint"].get("solver", "exact"),
+        floor=config["variants"]["mint"].get("sqnr_floor_db", 9.0),
+        budget=get_budget_spec,
+    log:
+        "logs/{model}/allocate/mint-all/{budget}.log",
+    benchmark:
+        "results/benchmarks/{model}/allocate/mint-all/{budget}.tsv"
+
+
 rule quantize:
     input:
         checkpoint=get_checkpoint,
@@ -29,7 +45,7 @@ rule quantize:
         mlx=directory("results/{model}/mlx/{method}/{budget}"),
         dequant=directory("results/{model}/dequant/{method}/{budget}"),
     wildcard_constraints:
-        method=alternatives(VARIANTS + ["uniform"]),
+        method=alternatives(VARIANTS + ["uniform", "mint-all"]),
     params:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
     log:

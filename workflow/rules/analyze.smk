@@ -48,3 +48,52 @@ rule experts:
         "mint experts --checkpoint {params.checkpoint} --rules {input.rules} --analysis results/{wildcards.model}/analysis"
         " --k {params.k} --seed {params.seed} --aggregation {params.aggregation} {params.spectral}"
         " --out results/{wildcards.model}/units > {log} 2>&1"
+
+
+# The clustering table: the same analysis with every expert measured (no clustering).
+rule analyze_all_experts:
+    input:
+        checkpoint=get_checkpoint,
+        rules="results/{model}/rules.json",
+    output:
+        rd="results/{model}/analysis-all/{shard}.rd.parquet",
+        features="results/{model}/analysis-all/{shard}.features.parquet",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+    log:
+        "logs/{model}/analyze-all/{shard}.log",
+    benchmark:
+        "results/benchmarks/{model}/analyze-all/{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "mint analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
+        " --cluster-threshold 1000000000 {params.spectral} --threads {threads}"
+        " --out results/{wildcards.model}/analysis-all > {log} 2>&1"
+
+
+rule experts_all_experts:
+    input:
+        tables=get_all_experts_tables,
+        rules="results/{model}/rules.json",
+    output:
+        units="results/{model}/units-all/units.parquet",
+        clusters="results/{model}/units-all/clusters.parquet",
+        experts="results/{model}/units-all/experts.parquet",
+        features="results/{model}/units-all/features.parquet",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        aggregation=config["analysis"]["aggregation"],
+        spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+    log:
+        "logs/{model}/experts-all.log",
+    benchmark:
+        "results/benchmarks/{model}/experts-all.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "mint experts --checkpoint {params.checkpoint} --rules {input.rules} --analysis results/{wildcards.model}/analysis-all"
+        " --aggregation {params.aggregation} {params.spectral} --out results/{wildcards.model}/units-all > {log} 2>&1"

@@ -30,7 +30,7 @@ def alternatives(names):
 wildcard_constraints:
     model=alternatives(MODELS),
     variant=alternatives(VARIANTS),
-    method=alternatives(VARIANTS + list(BASELINES)),
+    method=alternatives(VARIANTS + list(BASELINES) + ["mint-all"]),
     budget=alternatives(BUDGETS + BASELINE_CONFIGS),
     shard=r"[^/]+",
 
@@ -117,6 +117,19 @@ def get_budget_spec(wildcards):
     return f"@{matched}" if matched else wildcards.budget
 
 
+def get_all_experts_tables(wildcards):
+    return expand(
+        "results/{model}/analysis-all/{shard}.{kind}.parquet",
+        model=wildcards.model,
+        shard=get_shards(wildcards.model),
+        kind=["rd", "features"],
+    )
+
+
+def compares_clustering(model):
+    return config["models"][model].get("compare_clustering", False) and "mint" in VARIANTS
+
+
 def get_allocations(model):
     """Every allocation of a model: variants x budgets, and the uniform baselines."""
     return expand("results/{model}/alloc/{variant}/{budget}.json", model=model,
@@ -129,6 +142,8 @@ def get_evaluations(model):
     """Every evaluation of a model: 16-bit, each allocation, and each baseline."""
     runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
+    if compares_clustering(model):
+        runs += [("mint-all", b) for b in get_budgets(model)]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
 
 

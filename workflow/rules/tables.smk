@@ -4,8 +4,10 @@ rule tables:
         evaluations=[e for m in MODELS for e in get_evaluations(m)],
         units=get_units_tables(),
     output:
-        directory("results/tables"),
-        directory("results/plots"),
+        report(directory("results/tables"), patterns=["{name}.csv"], caption="../report/tables.rst",
+               category="Tables"),
+        report(directory("results/plots"), patterns=["{name}.png"], caption="../report/plots.rst",
+               category="Plots"),
     log:
         "logs/tables.log",
     shell:
