@@ -78,9 +78,11 @@ def _codes(groups, scale, bias, bits):
     levels = 2**bits - 1
     scale, bias = scale.unsqueeze(-1), bias.unsqueeze(-1)
     # A group whose range rounds to a zero scale is constant: every code is 0 and w_hat = bias.
-    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = torch.round((groups - bias) / safe).clamp_(0, levels)
-    return torch.where(scale == 0, torch.zeros_like(q), q)
+    zero = scale == 0
+    safe = torch.where(zero, torch.ones_like(scale), scale)
+    q = (groups - bias).div_(safe).round_().clamp_(0, levels)
+    # The check is per group (small); the full-size fix-up runs only when some group needs it.
+    return q.masked_fill_(zero, 0) if bool(zero.any()) else q
 
 
 def quantize(w, bits, group_size, scale_dtype=torch.float16):
@@ -163,7 +165,7 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16):
     chunk = max(1, _CHUNK_ELEMENTS // max(cols, 1))
     for start in range(0, rows, chunk):
         block = w[start : start + chunk].float()
-        energy += float(block.double().square().sum())
+        energy += float(torch.linalg.vector_norm(block, dtype=torch.float64)) ** 2
         by_group = {}
         for i, (bits, g) in enumerate(configs):
             if (bits, g) == FULL:
@@ -178,7 +180,8 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16):
             scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
             q = _codes(groups, scale, bias, bits)
             err = q.mul_(scale.unsqueeze(-1)).add_(bias.unsqueeze(-1)).sub_(groups)
-            errors[i] += float(err.double().square().sum())
+            # Accumulated in float64 without a float64 copy of the block.
+            errors[i] += float(torch.linalg.vector_norm(err, dtype=torch.float64)) ** 2
     return errors, energy
 
 
