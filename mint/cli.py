@@ -17,6 +17,7 @@ COMMANDS = {
     "baseline": ("mint.baseline", "matched-size baselines (uniform RTN) written as allocations"),
     "train-reference": ("mint.reference", "train a small reference MoE model from the vendored text"),
     "evaluate": ("mint.evaluate", "perplexity, KLD and paired comparisons on WikiText-2"),
+    "synth": ("mint.synth", "write a synthetic checkpoint of a real shape (Qwen3-30B-A3B by default)"),
     "tables": ("mint.tables", "the result tables (CSV, Markdown) and plots (PNG) from the result files"),
 }
 
