@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from mint import quantizer
-from mint.checkpoint import Checkpoint, CheckpointError
+from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
 # Units with more routed experts than this are clustered (METHOD.md §3).
 CLUSTER_THRESHOLD = 32
@@ -31,11 +31,6 @@ CLUSTER_THRESHOLD = 32
 SPECTRAL_RANK = 256
 # Group size for the per-group kurtosis percentiles.
 KURTOSIS_GROUP = 128
-
-
-def storage_dtype(dtype):
-    """16-bit dtype for scales, biases and unquantized tensors: the checkpoint's own, bf16 for fp32."""
-    return torch.float16 if dtype in ("F16", torch.float16) else torch.bfloat16
 
 
 def light_stats(w):
@@ -100,21 +95,25 @@ def rd_rows(w, scale_dtype, configs=quantizer.ALL_CONFIGS):
     return [row for row in quantizer.rd_curve(w, configs, scale_dtype) if row["bytes"] is not None]
 
 
+def read_matrix(ckpt, ref, expert):
+    """One matrix of a reference: expert `expert` of a fused stack, else the tensor itself."""
+    return ckpt.read_expert(ref, expert) if ref.n_experts > 1 else ckpt.read(ref)
+
+
 def _matrices(ckpt, ref):
     """Yield (expert index or -1, matrix) for a reference: one matrix, or every expert of a fused stack."""
-    if ref.n_experts > 1:
-        for e in range(ref.n_experts):
-            yield e, ckpt.read_expert(ref, e)
-    else:
-        yield (-1 if ref.expert is None else ref.expert), ckpt.read(ref)
+    experts = range(ref.n_experts) if ref.n_experts > 1 else [-1 if ref.expert is None else ref.expert]
+    for e in experts:
+        yield e, read_matrix(ckpt, ref, e)
 
 
 def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=True, progress=True):
     """Measure every tensor of one shard. Returns (rd DataFrame, features DataFrame)."""
     rd, features = [], []
     refs = ckpt.refs_in_shard(shard)
+    # The dtype the exporter stores scales and biases in: what a runtime rebuilds is what we measure.
+    scale_dtype = default_dtype16(ckpt)
     for ref in tqdm(refs, desc=f"analyze {shard}", unit="tensor", disable=not progress):
-        scale_dtype = storage_dtype(ref.dtype)
         clustered = ref.role == "routed_expert" and ckpt.num_experts(ref.unit) > cluster_threshold
         for expert, w in _matrices(ckpt, ref):
             ident = dict(tensor=ref.name, shard=shard, unit=ref.unit, role=ref.role,

@@ -16,6 +16,7 @@ Where each tensor belongs comes from the rules in mint/layouts.py. For example, 
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,17 @@ def _check_units(units, expected_experts):
         n = sum(r.n_experts for r in refs)
         if expected_experts and n != expected_experts:
             raise CheckpointError(f"unit {unit} has {n} experts, config.json says {expected_experts}")
+
+
+def default_dtype16(ckpt):
+    """The checkpoint's 16-bit dtype (by parameter count); bfloat16 for a float32 checkpoint.
+
+    Scales, biases and unquantized tensors are stored in it, so analysis measures with it too.
+    """
+    counts = Counter()
+    for ref in ckpt.refs:
+        counts[ref.dtype] += ref.numel
+    return torch.float16 if counts["F16"] > counts["BF16"] else torch.bfloat16
 
 
 class Checkpoint:

@@ -23,8 +23,8 @@ from sklearn.cluster import KMeans
 from tqdm import tqdm
 
 from mint import quantizer
-from mint.analyze import load_rules, rd_rows, storage_dtype, tensor_features, write_parquet
-from mint.checkpoint import Checkpoint, CheckpointError
+from mint.analyze import load_rules, rd_rows, read_matrix, tensor_features, write_parquet
+from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
 CLUSTERS_PER_UNIT = 8
 AGGREGATIONS = ("max", "mean")
@@ -54,10 +54,6 @@ def cluster_experts(stats, k=CLUSTERS_PER_UNIT, seed=0):
     return km.labels_, reps, distance
 
 
-def _expert_matrix(ckpt, ref, expert):
-    return ckpt.read_expert(ref, expert) if ref.n_experts > 1 else ckpt.read(ref)
-
-
 def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True):
     """Cluster every clustered unit and measure its representatives.
 
@@ -77,8 +73,8 @@ def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True):
         for label, pos in reps.items():
             row = members.iloc[pos]
             ref = refs[(unit, row["tensor"])]
-            w = _expert_matrix(ckpt, ref, int(row["expert"]))
-            curves[label] = rd_rows(w, storage_dtype(ref.dtype))
+            w = read_matrix(ckpt, ref, int(row["expert"]))
+            curves[label] = rd_rows(w, default_dtype16(ckpt))
             feats.append(dict(row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]],
                               analyzed=True, **tensor_features(w, spectral=spectral)))
         for pos, row in members.iterrows():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from mint.checkpoint import Checkpoint, CheckpointError, read_header
+from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16, read_header
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
 
 GIB = 1024**3
@@ -146,14 +146,6 @@ def check_quantization(ckpt, configs, quantization):
 def predicted_bytes(refs, config):
     """Bytes a unit takes in the MLX folder: `tensor_bytes`, 2 bytes per weight in 16 bits."""
     return tensor_bytes(sum(r.numel for r in refs), *config)
-
-
-def default_dtype16(ckpt):
-    """The checkpoint's 16-bit dtype (by parameter count); bfloat16 for a float32 checkpoint."""
-    counts = Counter()
-    for ref in ckpt.refs:
-        counts[ref.dtype] += ref.numel
-    return torch.float16 if counts["F16"] > counts["BF16"] else torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------
