@@ -203,9 +203,7 @@ def write_table(df, stem, provenance_line):
 def make_plots(runs, results_dir, plots_dir):
     plots_dir.mkdir(parents=True, exist_ok=True)
     for model, group in runs.groupby("model"):
-        points = group[group["method"] != "bf16"].assign(
-            method=lambda g: g["method"].where(g["method"].isin(["uniform", "gptq"]), g["method"]),
-            ppl=group["ppl_mean"])
+        points = group[group["method"] != "bf16"].assign(ppl=group["ppl_mean"])
         ref = group[group["method"] == "bf16"].iloc[0]
         plots.plot_ppl_vs_size(points, plots_dir / f"{model}_ppl_vs_size.png", f"{model}: perplexity vs size",
                                reference=(ref["size_gib"], ref["ppl_mean"]))
