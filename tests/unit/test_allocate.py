@@ -114,14 +114,18 @@ def test_exact_matches_brute_force_and_greedy_is_feasible():
                 sum(u["prior"] * u["nrmse"] for u in r["units"] if u["prior"] is not None), abs=1e-12)
 
 
+def random_instance(rng):
+    """A random small problem (no veto) with a feasible budget: (budget, brute-force optimum, arrays)."""
+    units = random_units(rng, int(rng.integers(2, 7)), int(rng.integers(2, 6)))
+    low, high = A.min_safe_bytes(units, 0.0), A.size16_bytes(units)
+    budget = int(rng.integers(low, high + 1))
+    return budget, brute_force(units, budget, 0.0), packed(units, 0.0)
+
+
 def test_core_dp_and_milp_fallback_match_brute_force():
     rng = np.random.default_rng(2)
     for trial in range(60):
-        units = random_units(rng, int(rng.integers(2, 7)), int(rng.integers(2, 6)))
-        low, high = A.min_safe_bytes(units, 0.0), A.size16_bytes(units)
-        budget = int(rng.integers(low, high + 1))
-        best = brute_force(units, budget, 0.0)
-        cost, size, valid, _ = packed(units, 0.0)
+        budget, best, (cost, size, valid, _) = random_instance(rng)
         # The dynamic program alone, on the whole problem.
         choice, proven, _ = A.core_dp(cost, size, valid, budget, math.inf)
         assert proven and A._picked(size, choice).sum() <= budget
@@ -353,11 +357,7 @@ def test_time_limit_reports_a_certified_gap():
     # comes back must be feasible, and its bound must be a true lower bound.
     rng = np.random.default_rng(4)
     for trial in range(20):
-        units = random_units(rng, int(rng.integers(2, 7)), int(rng.integers(2, 6)))
-        low, high = A.min_safe_bytes(units, 0.0), A.size16_bytes(units)
-        budget = int(rng.integers(low, high + 1))
-        best = brute_force(units, budget, 0.0)
-        cost, size, valid, _ = packed(units, 0.0)
+        budget, best, (cost, size, valid, _) = random_instance(rng)
         solved = A.solve_exact(cost, size, valid, budget, time_limit_s=0.0)
         objective = A._picked(cost, solved["choice"]).sum()
         assert A._picked(size, solved["choice"]).sum() <= budget
