@@ -41,10 +41,15 @@ import pandas as pd
 import scipy.sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from mint.quantizer import BITS, GROUP_SIZES, check_config
+
 ROLES = ("embedding", "lm_head", "norm", "router", "attention", "dense_mlp", "shared_expert",
          "routed_expert", "other")
 COLUMNS = ("unit", "role", "layer", "n_params", "bits", "group_size", "bytes", "nrmse", "sqnr_db")
 SOLVERS = ("exact", "greedy")
+# The distortion a unit's cost counts: NRMSE (published), or its square (errors that reach the output
+# independently add in power, so the second-order loss of a model is a sum of squared errors).
+LOSSES = ("nrmse", "mse")
 
 # Soft priors pi of METHOD.md §4: the weight of a unit's NRMSE in the objective. A unit's prior is
 # max(role prior, layer prior), the layer prior applying only to layer 0 and to the last layer.
@@ -152,21 +157,42 @@ def check_units(units):
         raise ValueError("bytes must be > 0")
 
 
-def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None):
+def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrmse", menu=None):
     """The rows that survive the rules of §4, with `uid` (see `unit_codes`), `prior` and
-    `cost` = prior * nrmse added.
+    `cost` = prior * nrmse (or prior * nrmse**2 for loss "mse") added.
 
-    Dropped: options with sqnr_db < sqnr_floor_db (the safety veto; 0 disables it) and every
-    quantized option of a unit with an infinite prior (norms). 16-bit rows always stay, so every unit
+    Dropped: options with sqnr_db < sqnr_floor_db (the safety veto; 0 disables it), every
+    quantized option of a unit with an infinite prior (norms), and, with a `menu` (a set of
+    (bits, group_size)), every quantized option outside it. 16-bit rows always stay, so every unit
     keeps at least one option.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     codes = unit_codes(units)[0]
     prior = unit_priors(units, priors).to_numpy()[codes]
     pinned = ~np.isfinite(prior)
-    keep = (units["bits"].to_numpy() == 16) | ((units["sqnr_db"].to_numpy() >= sqnr_floor_db) & ~pinned)
+    bits = units["bits"].to_numpy()
+    keep = (bits == 16) | ((units["sqnr_db"].to_numpy() >= sqnr_floor_db) & ~pinned)
+    if menu is not None:
+        offered = pd.MultiIndex.from_arrays([bits, units["group_size"].to_numpy()]).isin(list(menu))
+        keep &= (bits == 16) | offered
+    nrmse = units["nrmse"].to_numpy(float)
     # inf * 0 is nan: a pinned unit keeps only its 16-bit row, whose cost is 0.
-    cost = np.where(pinned, 0.0, prior) * units["nrmse"].to_numpy(float)
+    cost = np.where(pinned, 0.0, prior) * (nrmse**2 if loss == "mse" else nrmse)
     return units.loc[keep].assign(uid=codes[keep], prior=prior[keep], cost=cost[keep])
+
+
+def config_menu(bits=None, group_sizes=None):
+    """The quantized configs allowed when only these bit widths / group sizes are offered (None: all)."""
+    if bits is None and group_sizes is None:
+        return None
+    bits = BITS if bits is None else tuple(int(b) for b in bits)
+    group_sizes = GROUP_SIZES if group_sizes is None else tuple(int(g) for g in group_sizes)
+    for b in bits:
+        check_config(b, GROUP_SIZES[0])
+    for g in group_sizes:
+        check_config(BITS[0], g)
+    return {(b, g) for b in bits for g in group_sizes}
 
 
 def size16_bytes(units):
@@ -607,7 +633,7 @@ def quantization_dict(chosen):
 
 
 def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=None,
-             time_limit_s=TIME_LIMIT_S):
+             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None):
     """Choose one option per unit within `budget` (METHOD.md §4).
 
     Args:
@@ -617,6 +643,8 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         sqnr_floor_db: safety veto floor; 0 disables it.
         priors: overrides of PRIORS (keys of PRIORS or role names).
         time_limit_s: time limit of the exact solver (see `solve_exact`).
+        loss: "nrmse" (published) or "mse" (squared NRMSE), see LOSSES.
+        menu: a set of (bits, group_size) the runtime should use (see `config_menu`); None: all.
     Returns:
         A JSON-serializable dict: sizes, objective, LP bound, gap, time, per-unit choices and the
         mlx-lm `quantization` dict. gap_abs bounds objective - optimum (0: proven optimal).
@@ -627,7 +655,7 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     check_units(units)
     units = units.reset_index(drop=True)
-    options = candidate_options(units, sqnr_floor_db, priors).reset_index(drop=True)
+    options = candidate_options(units, sqnr_floor_db, priors, loss, menu).reset_index(drop=True)
     codes, first = unit_codes(units)
     n_params = int(units["n_params"].to_numpy()[first].sum())
     size16 = size16_bytes(units)
@@ -687,6 +715,10 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         "solve_seconds": seconds,
         "free_units": int(solved["free_units"]),   # left by reduced-cost fixing (exact solver)
         "sqnr_floor_db": float(sqnr_floor_db),
+        "loss": loss,
+        "menu": None if menu is None else [list(c) for c in sorted(menu)],
+        # The exporter quantizes the way the curves were measured (plain range or clip search).
+        "clip": bool(units["clip"].any()) if "clip" in units else False,
         "priors": {k: (v if math.isfinite(v) else None) for k, v in effective.items()},
         "bit_distribution": {str(int(b)): float(p / n_params) for b, p in params_at.items()},
         "units": per_unit.to_dict("records"),
@@ -728,10 +760,11 @@ def summary(result):
 
 
 def allocate_files(units, budget, out, solver="exact", sqnr_floor=SQNR_FLOOR_DB, prior=None,
-                   time_limit=TIME_LIMIT_S):
+                   time_limit=TIME_LIMIT_S, loss="nrmse", bits=None, group_sizes=None):
     """Read the tables, allocate, write the JSON to `out`; returns the result."""
     priors = dict(prior or [])
-    result = allocate(load_units(units), budget, solver, sqnr_floor, priors, time_limit)
+    result = allocate(load_units(units), budget, solver, sqnr_floor, priors, time_limit, loss,
+                      config_menu(bits, group_sizes))
     write_allocation(result, out)
     return result
 
@@ -775,6 +808,11 @@ def main(argv=None):
                         help=f"override a prior (keys: {', '.join(PRIORS)} or a role); repeatable")
     parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S,
                         help="seconds for the exact solver; past them it reports its certified gap")
+    parser.add_argument("--loss", choices=LOSSES, default="nrmse",
+                        help="distortion in the objective: nrmse (published) or mse (squared NRMSE)")
+    parser.add_argument("--bits", type=int, nargs="+", choices=BITS, help="offer only these bit widths")
+    parser.add_argument("--group-sizes", type=int, nargs="+", choices=GROUP_SIZES,
+                        help="offer only these group sizes (e.g. 64 128: no g32, faster kernels)")
     parser.add_argument("--out", required=True, help="allocation JSON to write")
     args = parser.parse_args(argv)
     try:

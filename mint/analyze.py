@@ -90,9 +90,9 @@ def tensor_features(w, spectral=True):
     return feats
 
 
-def rd_rows(w, scale_dtype, configs=quantizer.ALL_CONFIGS):
+def rd_rows(w, scale_dtype, configs=quantizer.ALL_CONFIGS, clip=False):
     """The RD curve of one matrix as rows; configs MLX cannot store (group does not divide) are dropped."""
-    return [row for row in quantizer.rd_curve(w, configs, scale_dtype) if row["bytes"] is not None]
+    return [row for row in quantizer.rd_curve(w, configs, scale_dtype, clip) if row["bytes"] is not None]
 
 
 def read_matrix(ckpt, ref, expert):
@@ -107,8 +107,11 @@ def _matrices(ckpt, ref):
         yield e, read_matrix(ckpt, ref, e)
 
 
-def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=True, progress=True):
-    """Measure every tensor of one shard. Returns (rd DataFrame, features DataFrame)."""
+def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=True, progress=True, clip=False):
+    """Measure every tensor of one shard. Returns (rd DataFrame, features DataFrame).
+
+    With `clip`, the RD curves are those of the clip-search quantizer (`quantizer.CLIP_RATIOS`).
+    """
     rd, features = [], []
     refs = ckpt.refs_in_shard(shard)
     # The dtype the exporter stores scales and biases in: what a runtime rebuilds is what we measure.
@@ -128,9 +131,9 @@ def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=Tru
                 features.append(dict(ident, analyzed=False, **light_stats(w)))
                 continue
             started = time.perf_counter()
-            rows = rd_rows(w, scale_dtype)
+            rows = rd_rows(w, scale_dtype, clip=clip)
             feats = tensor_features(w, spectral=spectral)
-            rd.extend(dict(ident, **row) for row in rows)
+            rd.extend(dict(ident, **row, clip=clip) for row in rows)
             features.append(dict(ident, analyzed=True, seconds=time.perf_counter() - started, **feats))
     return pd.DataFrame(rd), pd.DataFrame(features)
 
@@ -145,7 +148,7 @@ def write_parquet(df, path):
 
 
 def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOLD, spectral=True,
-            threads=None, rules=None):
+            threads=None, rules=None, clip=False):
     """Analyse the given shards (default: all) of a checkpoint into `out_dir/<shard>.{rd,features}.parquet`.
 
     Shards whose outputs already exist are skipped, so an interrupted run resumes where it stopped.
@@ -161,7 +164,7 @@ def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOL
         feat_path = out_dir / f"{Path(shard).stem}.features.parquet"
         if rd_path.exists() and feat_path.exists():
             continue
-        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral)
+        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral, clip=clip)
         write_parquet(features, feat_path)
         write_parquet(rd, rd_path)
     return out_dir
@@ -183,6 +186,8 @@ def main(argv=None):
                    help="units with more routed experts than this are clustered (default %(default)s)")
     p.add_argument("--no-spectral", dest="spectral", action="store_false", help="skip the randomized SVD features")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--clip", action="store_true",
+                   help="measure the clip-search quantizer (per-group range shrink, see quantizer.CLIP_RATIOS)")
     p.add_argument("--rules", type=load_rules, default=None,
                    help="JSON file of extra classification rules for an unknown architecture")
     args = p.parse_args(argv)

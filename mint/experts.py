@@ -27,7 +27,9 @@ from mint.analyze import load_rules, rd_rows, read_matrix, tensor_features, writ
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
 CLUSTERS_PER_UNIT = 8
-AGGREGATIONS = ("max", "mean")
+# NRMSE of a unit over its experts: the worst (published), the parameter-weighted mean, or the
+# 90th percentile (worst-case minus the few outliers that max lets dominate a whole stack).
+AGGREGATIONS = ("max", "mean", "q90")
 CLUSTER_FEATURES = ["norm", "std", "kurtosis"]
 
 
@@ -54,7 +56,7 @@ def cluster_experts(stats, k=CLUSTERS_PER_UNIT, seed=0):
     return km.labels_, reps, distance
 
 
-def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True):
+def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True, clip=False):
     """Cluster every clustered unit and measure its representatives.
 
     Args:
@@ -74,7 +76,7 @@ def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True):
             row = members.iloc[pos]
             ref = refs[(unit, row["tensor"])]
             w = read_matrix(ckpt, ref, int(row["expert"]))
-            curves[label] = rd_rows(w, default_dtype16(ckpt))
+            curves[label] = rd_rows(w, default_dtype16(ckpt), clip=clip)
             feats.append(dict(row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]],
                               analyzed=True, **tensor_features(w, spectral=spectral)))
         for pos, row in members.iterrows():
@@ -85,12 +87,13 @@ def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True):
                                  is_representative=reps[label] == pos, distance=float(distance[pos]),
                                  **{f: row[f] for f in CLUSTER_FEATURES}))
             ident = row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]].to_dict()
-            rd.extend(dict(ident, **point) for point in curves[label])
+            rd.extend(dict(ident, **point, clip=clip) for point in curves[label])
     return pd.DataFrame(clusters), pd.DataFrame(rd), pd.DataFrame(feats)
 
 
 def aggregate_units(rd, aggregation="max"):
-    """One row per (unit, config): bytes summed over members, NRMSE max (or weighted mean), SQNR min.
+    """One row per (unit, config): bytes summed over members, NRMSE max (or weighted mean or 90th
+    percentile), SQNR min (or that of the aggregate NRMSE).
 
     A config is kept for a unit only if every member can be stored with it.
     """
@@ -102,9 +105,13 @@ def aggregate_units(rd, aggregation="max"):
     units = grouped.agg(role=("role", "first"), layer=("layer", "first"), n_params=("n_params", "sum"),
                         n_rows=("expert", "size"), bytes=("bytes", "sum"), nrmse=("nrmse", "max"),
                         weighted=("weighted", "sum"), sqnr_db=("sqnr_db", "min")).reset_index()
+    if aggregation == "q90":
+        q90 = grouped["nrmse"].quantile(0.9)
+        units["nrmse"] = q90.reindex(pd.MultiIndex.from_frame(units[["unit", "bits", "group_size"]])).to_numpy()
     if aggregation == "mean":
         units["nrmse"] = units["weighted"] / units["n_params"]
-        # The SQNR that goes with a mean NRMSE, so the safety veto sees the same aggregate.
+    if aggregation != "max":
+        # The SQNR that goes with the aggregate NRMSE, so the safety veto sees the same aggregate.
         units["sqnr_db"] = np.where(units["nrmse"] > 0, -20 * np.log10(units["nrmse"].clip(lower=1e-300)),
                                     quantizer.EXACT_SQNR_DB)
     units = units.join(members, on="unit")
@@ -132,13 +139,16 @@ def build_units(checkpoint, analysis_dir, out_dir, k=CLUSTERS_PER_UNIT, seed=0, 
     rd = read_tables(analysis_dir, "rd")
     features = read_tables(analysis_dir, "features")
     pending = features[~features["analyzed"]] if len(features) else features
+    # Representatives are measured with the quantizer the analysis measured (plain or clip search).
+    clip = bool(rd["clip"].fillna(False).any()) if "clip" in rd else False
     clusters = pd.DataFrame(columns=["unit", "layer", "proj", "expert", "cluster", "representative",
                                      "is_representative", "distance", *CLUSTER_FEATURES])
     if len(pending):
-        clusters, rep_rd, rep_feats = measure_representatives(ckpt, pending, k, seed, spectral)
+        clusters, rep_rd, rep_feats = measure_representatives(ckpt, pending, k, seed, spectral, clip=clip)
         rd = pd.concat([rd, rep_rd], ignore_index=True)
         features = pd.concat([features[features["analyzed"]], rep_feats], ignore_index=True)
     units = aggregate_units(rd, aggregation)
+    units["clip"] = clip  # the exporter must quantize the way these curves were measured
     out_dir = Path(out_dir)
     write_parquet(rd, out_dir / "experts.parquet")
     write_parquet(features, out_dir / "features.parquet")
@@ -158,7 +168,7 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=CLUSTERS_PER_UNIT, help="clusters per unit (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aggregation", choices=AGGREGATIONS, default="max",
-                   help="NRMSE over a unit's experts: max (published) or parameter-weighted mean")
+                   help="NRMSE over a unit's experts: max (published), parameter-weighted mean, or 90th percentile")
     p.add_argument("--no-spectral", dest="spectral", action="store_false")
     p.add_argument("--rules", type=load_rules, default=None,
                    help="JSON file of extra classification rules for an unknown architecture")

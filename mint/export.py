@@ -365,7 +365,7 @@ def _matrix(ckpt, ref, e):
     return ckpt.read(ref) if e is None else ckpt.read_expert(ref, e)
 
 
-def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant):
+def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False):
     """Write matrix `w` of `ref` (expert index `expert`) into its unit; return what MLX rebuilds."""
     unit = ref.unit
     if not ref.quantizable:
@@ -381,7 +381,7 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant):
     bits, group = config
     w_hat = torch.empty(out, inp) if want_dequant else None
     for r0, r1 in _row_blocks(out, inp):
-        q, scales, biases = quantize(w[r0:r1], bits, group, dtype16)
+        q, scales, biases = quantize(w[r0:r1], bits, group, dtype16, clip=clip)
         writer.write(f"{unit}.weight", pack(q, bits), row0 + r0)
         writer.write(f"{unit}.scales", scales, row0 + r0)
         writer.write(f"{unit}.biases", biases, row0 + r0)
@@ -390,8 +390,10 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant):
     return w_hat
 
 
-def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32):
-    """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy."""
+def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=False):
+    """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy.
+
+    With `clip`, groups take the clip-search range (`quantizer.quantize(clip=True)`)."""
     for name, refs in _disk_tensors(ckpt).items():
         fused = refs[0].n_experts > 1
         for e in range(refs[0].n_experts) if fused else [None]:
@@ -399,7 +401,8 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
             for ref in refs:
                 w = _matrix(ckpt, ref, e)
                 expert = e if fused else (ref.expert or 0)
-                parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16, hf_writer is not None))
+                parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
+                                        hf_writer is not None, clip))
             if hf_writer is not None:
                 first_row = 0 if e is None else e * refs[0].shape[-2]
                 hf_writer.write(name, _disk_layout(refs, parts).to(dequant_dtype), first_row)
@@ -454,7 +457,8 @@ def export(
     Args:
         ckpt: a Checkpoint.
         allocation: dict with `units` [{unit, bits, group_size}] (bits 16 = keep 16-bit) and optionally
-            the mlx-lm `quantization` dict, which is checked against the units (built when absent).
+            the mlx-lm `quantization` dict, which is checked against the units (built when absent),
+            and `clip` (true: quantize with the per-group clip search, as the curves were measured).
         mlx_out: folder for mlx-lm.
         dequant_out: folder for transformers (same names and layout as the checkpoint), or None.
         dtype16: dtype of scales, biases and 16-bit tensors; default the checkpoint's 16-bit dtype
@@ -489,7 +493,10 @@ def export(
         writers.append(ShardWriter(mlx_tmp, mlx_shards, {"format": "mlx"}))
         if hf_tmp is not None:
             writers.append(ShardWriter(hf_tmp, hf_shards, {"format": "pt"}))
-        write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype)
+        # An allocation made from clip-search curves is exported with clip search: the weights
+        # written are the weights that were measured.
+        write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype,
+                      clip=bool(allocation.get("clip", False)))
         for writer in writers:
             writer.close()
 

@@ -32,6 +32,12 @@ EXACT_SQNR_DB = 100.0
 # Working-set bound for rd_curve: rows are processed in chunks of about this many weights.
 _CHUNK_ELEMENTS = 1 << 22
 
+# Clip search (an option, off in the published method): each group tries its range shrunk about
+# its midpoint by these ratios and keeps the one with the least squared error. Only the stored
+# scale and bias change, so the result is still plain MLX affine. 1.0 comes first so that ties
+# keep the unclipped range.
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6)
+
 
 def check_config(bits, group_size):
     """Raise ValueError unless (bits, group_size) is a supported config."""
@@ -85,11 +91,33 @@ def _codes(groups, scale, bias, bits):
     return q.masked_fill_(zero, 0) if bool(zero.any()) else q
 
 
-def quantize(w, bits, group_size, scale_dtype=torch.float16):
+def _clipped_scale_bias(groups, w_min, w_max, bits, scale_dtype, ratios=CLIP_RATIOS):
+    """Per group, the scale and bias of the clip ratio with the least squared error.
+
+    Returns (scale, bias, squared error per group), all [..., n_groups] in float32.
+    """
+    best = None
+    mid, half = (w_max + w_min) / 2, (w_max - w_min) / 2
+    for ratio in ratios:
+        lo, hi = (w_min, w_max) if ratio == 1.0 else (mid - ratio * half, mid + ratio * half)
+        scale, bias = _scale_bias(lo, hi, bits, scale_dtype)
+        q = _codes(groups, scale, bias, bits)
+        err = q.mul_(scale.unsqueeze(-1)).add_(bias.unsqueeze(-1)).sub_(groups).square_().sum(-1)
+        if best is None:
+            best = [scale, bias, err]
+            continue
+        better = err < best[2]  # strict: a tie keeps the earlier (wider) range
+        for i, new in enumerate((scale, bias, err)):
+            best[i] = torch.where(better, new, best[i])
+    return tuple(best)
+
+
+def quantize(w, bits, group_size, scale_dtype=torch.float16, clip=False):
     """Quantize `w` [..., in] group-wise along the last axis.
 
     Returns (q, scales, biases): q uint8 codes [..., in]; scales and biases [..., in/group_size] in
     `scale_dtype`. `dequantize(q, scales, biases, group_size)` rebuilds exactly the weights measured.
+    With `clip`, each group's range is the best of CLIP_RATIOS (the same choice `squared_errors` makes).
     """
     check_config(bits, group_size)
     if (bits, group_size) == FULL:
@@ -98,7 +126,10 @@ def quantize(w, bits, group_size, scale_dtype=torch.float16):
         raise ValueError(f"input dimension {w.shape[-1]} is not a multiple of group size {group_size}")
     groups = w.float().reshape(*w.shape[:-1], -1, group_size)
     w_min, w_max = torch.aminmax(groups, dim=-1)
-    scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
+    if clip:
+        scale, bias, _ = _clipped_scale_bias(groups, w_min, w_max, bits, scale_dtype)
+    else:
+        scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
     q = _codes(groups, scale, bias, bits).reshape(w.shape).to(torch.uint8)
     return q, scale.to(scale_dtype), bias.to(scale_dtype)
 
@@ -151,11 +182,12 @@ def unpack(packed, bits, n):
     return codes.movedim(0, -1).reshape(*packed.shape[:-1], n).to(torch.uint8)
 
 
-def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16):
+def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False):
     """Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
 
     Per-group min/max are computed once per group size and shared by every bit width. Configs whose
-    group size does not divide the input dimension get NaN (MLX cannot store them).
+    group size does not divide the input dimension get NaN (MLX cannot store them). With `clip`, the
+    errors are those of `quantize(..., clip=True)`.
     Returns (errors float64 [len(configs)], sum of squares of w).
     """
     w = w.reshape(-1, w.shape[-1])
@@ -177,6 +209,10 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16):
                 groups = block.reshape(block.shape[0], -1, g)
                 by_group[g] = (groups, *torch.aminmax(groups, dim=-1))
             groups, w_min, w_max = by_group[g]
+            if clip:
+                err = _clipped_scale_bias(groups, w_min, w_max, bits, scale_dtype)[2]
+                errors[i] += float(err.sum(dtype=torch.float64))
+                continue
             scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
             q = _codes(groups, scale, bias, bits)
             err = q.mul_(scale.unsqueeze(-1)).add_(bias.unsqueeze(-1)).sub_(groups)
@@ -195,12 +231,12 @@ def nrmse_sqnr(sq_error, energy):
     return nrmse, -20 * math.log10(nrmse)
 
 
-def rd_curve(w, configs=ALL_CONFIGS, scale_dtype=torch.float16):
+def rd_curve(w, configs=ALL_CONFIGS, scale_dtype=torch.float16, clip=False):
     """Rate-distortion curve of one 2-D tensor: a list of dicts (bits, group_size, bytes, nrmse, sqnr_db).
 
     16-bit has NRMSE 0 by definition (the checkpoint's own 16-bit values are the reference).
     """
-    errors, energy = squared_errors(w, configs, scale_dtype)
+    errors, energy = squared_errors(w, configs, scale_dtype, clip)
     n = w.numel()
     curve = []
     for (bits, g), err in zip(configs, errors.tolist()):

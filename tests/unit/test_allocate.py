@@ -374,3 +374,30 @@ def test_matched_budget_reads_another_results_size(tmp_path):
     assert A.matched_budget("4.5bpw") == "4.5bpw"
     with pytest.raises(A.BudgetError, match="total_bytes"):
         A.matched_budget(f"@{tmp_path / 'missing.json'}")
+
+
+def test_mse_loss_and_menu_against_brute_force():
+    """The `mse` loss is prior * nrmse**2; a menu removes every quantized option outside it."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        units = random_units(rng, n_units=5, n_options=5)
+        squared = units.assign(nrmse=units["nrmse"] ** 2)   # brute force of the squared objective
+        outside = ~units["group_size"].isin([0, 64, 128])
+        # Within reach of both problems: the cheapest choice inside the menu, plus some room.
+        budget = int(units[~outside].groupby("unit")["bytes"].min().sum()) + int(rng.integers(0, 60))
+        best = brute_force(squared, budget, 0.0)
+        result = A.allocate(units, budget, sqnr_floor_db=0.0, loss="mse")
+        assert result["objective"] == pytest.approx(best, rel=1e-9, abs=1e-12)
+        menu = A.config_menu(group_sizes=[64, 128])
+        expected = brute_force(units[~outside], budget, 0.0)
+        result = A.allocate(units, budget, sqnr_floor_db=0.0, menu=menu)
+        assert result["objective"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert all(u["group_size"] in (0, 64, 128) for u in result["units"])
+        assert result["loss"] == "nrmse" and result["menu"] == [[b, g] for b in A.BITS for g in (64, 128)]
+
+
+def test_menu_rejects_unsupported_configs():
+    with pytest.raises(ValueError, match="group_size"):
+        A.config_menu(group_sizes=[48])
+    with pytest.raises(ValueError, match="bits"):
+        A.config_menu(bits=[7])

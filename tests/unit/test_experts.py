@@ -47,6 +47,28 @@ def test_aggregation_is_conservative(tmp_path):
     mrow = mean[(mean["unit"] == unit) & (mean["bits"] == 3) & (mean["group_size"] == 64)].iloc[0]
     assert mrow["nrmse"] == pytest.approx(members["nrmse"].mean())
     assert mrow["nrmse"] < row["nrmse"]
+    q90 = run_pipeline(ckpt_dir, tmp_path / "q90", aggregation="q90")
+    qrow = q90[(q90["unit"] == unit) & (q90["bits"] == 3) & (q90["group_size"] == 64)].iloc[0]
+    assert qrow["nrmse"] == pytest.approx(members["nrmse"].quantile(0.9))
+    assert mrow["nrmse"] < qrow["nrmse"] <= row["nrmse"]
+
+
+def test_clip_search_reaches_representatives_and_units(tmp_path):
+    """An analysis with clip search measures representatives the same way and marks the units."""
+    ckpt_dir = make_tiny_checkpoint("qwen3_moe", tmp_path / "q", num_experts=40, hidden=128, intermediate=128,
+                                    num_layers=1)
+    plain = run_pipeline(ckpt_dir, tmp_path / "plain", k=4)
+    analyze.analyze(ckpt_dir, tmp_path / "clip" / "analysis", spectral=False, clip=True)
+    clipped = experts.build_units(ckpt_dir, tmp_path / "clip" / "analysis", tmp_path / "clip" / "units", k=4,
+                                  spectral=False)
+    assert not plain["clip"].any() and clipped["clip"].all()
+    key = ["unit", "bits", "group_size"]
+    both = plain.merge(clipped, on=key, suffixes=("_plain", "_clip"))
+    quantized = both[both["bits"] < 16]
+    # Clip search never loses to the plain range, and wins somewhere at low bits, experts included.
+    assert (quantized["nrmse_clip"] <= quantized["nrmse_plain"] * (1 + 1e-6)).all()
+    experts_2bit = quantized[(quantized["bits"] == 2) & quantized["unit"].str.contains("switch_mlp")]
+    assert (experts_2bit["nrmse_clip"] < experts_2bit["nrmse_plain"]).all()
 
 
 def plant_heavy_tailed_expert(ckpt_dir, name, seed=0):

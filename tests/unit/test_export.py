@@ -279,3 +279,28 @@ def test_shard_plan_and_names():
     assert ex.plan_shards([ex.OutTensor("big", "F32", (1000,))], 10)[0][0].name == "big"
     assert ex.shard_names(1) == ["model.safetensors"]
     assert ex.shard_names(3)[2] == "model-00003-of-00003.safetensors"
+
+
+def test_clip_search_allocation_is_exported_as_measured(tmp_path):
+    """Curves measured with clip search -> an allocation marked `clip` -> weights written with clip
+    search: the dequantized folder's error is the error the allocation was chosen from."""
+    from mint import allocate, analyze, experts
+
+    path = make_tiny_checkpoint("mixtral", tmp_path / "ckpt", num_experts=E, hidden=128, intermediate=128)
+    analyze.analyze(path, tmp_path / "analysis", spectral=False, clip=True)
+    units = experts.build_units(path, tmp_path / "analysis", tmp_path / "units", spectral=False)
+    alloc = allocate.allocate(units, "3.5bpw", sqnr_floor_db=0)
+    assert alloc["clip"] is True
+    ckpt = Checkpoint(path)
+    ex.export(ckpt, alloc, tmp_path / "mlx", tmp_path / "hf")
+    out = Checkpoint(tmp_path / "hf")
+    checked = 0
+    for entry in alloc["units"]:
+        refs = ckpt.units()[entry["unit"]]
+        if entry["bits"] == 16 or len(refs) != 1 or refs[0].n_experts > 1 or refs[0].expert is not None:
+            continue
+        w = ckpt.read(refs[0]).float()
+        w_hat = out.read(next(r for r in out.refs if r.name == refs[0].name)).float()
+        assert float((w_hat - w).norm() / w.norm()) == pytest.approx(entry["nrmse"], rel=1e-4)
+        checked += 1
+    assert checked >= 4
