@@ -2,8 +2,9 @@
 
 A checkpoint folder holds config.json and one or more *.safetensors shards (with or without
 model.safetensors.index.json). We parse the shard headers ourselves (8-byte length + JSON), so
-listing a 100 GB model reads a few kilobytes, and read tensors with safetensors' lazy `safe_open`,
-one at a time, so the working set is one tensor (one expert with `read_expert`), never the model.
+listing a 100 GB model reads a few kilobytes, and read each tensor (or one expert of a fused stack)
+with one read at its offset, one at a time, so the working set is one tensor (one expert with
+`read_expert`), never the model.
 Pickled .bin checkpoints are refused, never unpickled.
 
 Where each tensor belongs comes from the rules in mint/layouts.py. For example, on Mixtral-8x7B:
@@ -21,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, layout_for
 
 # Dtypes on disk we read; anything else (fp8, int) is a different quantized or non-float format.
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+# Bytes per element of every safetensors dtype, to check a header against its file before reading.
+ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+            "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 INDEX_FILE = "model.safetensors.index.json"
 # A safetensors header longer than this is corrupt, not large (headers are ~100 bytes per tensor).
 _MAX_HEADER_BYTES = 100 << 20
@@ -36,6 +40,21 @@ _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 class CheckpointError(ValueError):
     """The folder is not a checkpoint we can read; the message says why and what to do."""
+
+
+# Appended to every error about a damaged file: the only remedy we can suggest.
+_CORRUPT = "the file is damaged or truncated: download or copy it again"
+
+
+def read_json(path, what):
+    """A JSON object (dict) from `path`; CheckpointError naming the file when it is not one."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable {what}: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -85,26 +104,77 @@ class TensorRef:
 
 
 def read_header(path):
-    """The tensors of one safetensors file: {name: {"dtype", "shape", "data_offsets"}}, file order."""
+    """The tensors of one safetensors file: {name: {"dtype", "shape", "data_offsets"}}, file order.
+
+    The header is checked against the file as safetensors itself would at load time (every entry
+    well formed, its bytes matching dtype and shape, tensors tiling the data exactly), so that a
+    damaged shard is a CheckpointError naming the file and tensor, never a crash mid-analysis.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size <= _MAX_HEADER_BYTES:
-                raise CheckpointError(f"{path}: not a safetensors file (header length {size})")
+                raise CheckpointError(f"{path}: not a safetensors file (header length {size}); {_CORRUPT}")
             header = json.loads(f.read(size))
+        data_bytes = path.stat().st_size - 8 - size
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors header: {e}") from None
+        raise CheckpointError(f"{path}: unreadable safetensors header: {e}; {_CORRUPT}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object; {_CORRUPT}")
     header.pop("__metadata__", None)
-    return dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
+    for name, info in header.items():
+        _check_entry(path, name, info)
+    tensors = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]))
+    _check_tiling(path, tensors, data_bytes)
+    return tensors
+
+
+def _is_count(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_entry(path, name, info):
+    """Raise CheckpointError unless one header entry has a dtype, a shape and offsets that agree."""
+    ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+          and all(_is_count(d) for d in info["shape"]) and isinstance(info.get("data_offsets"), list)
+          and len(info["data_offsets"]) == 2 and all(_is_count(o) for o in info["data_offsets"]))
+    if not ok:
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}; {_CORRUPT}")
+    begin, end = info["data_offsets"]
+    itemsize = ITEMSIZE.get(info["dtype"])
+    if end < begin or (itemsize is not None and end - begin != itemsize * math.prod(info["shape"])):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} ({info['dtype']} {info['shape']}) has {end - begin} bytes in the header; {_CORRUPT}"
+        )
+
+
+def _check_tiling(path, tensors, data_bytes):
+    """Raise CheckpointError unless the tensors cover the data section once, in order, to its end."""
+    position = 0
+    for name, info in tensors.items():
+        begin, end = info["data_offsets"]
+        if begin != position:
+            raise CheckpointError(f"{path}: tensor {name!r} starts at byte {begin}, expected {position}; {_CORRUPT}")
+        position = end
+    if position != data_bytes:
+        raise CheckpointError(
+            f"{path}: the header describes {position} bytes of tensor data, the file holds {data_bytes}; {_CORRUPT}"
+        )
 
 
 def _find_shards(path):
     """Shard file names in order, and {tensor name: shard} from the index when there is one."""
     index = path / INDEX_FILE
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise CheckpointError(f"{index}: `weight_map` must map tensor names to shard file names; {_CORRUPT}")
         shards = sorted(set(weight_map.values()))
+        # A shard is a file in this folder: an index pointing elsewhere ("../x") is refused, not followed.
+        outside = [s for s in shards if Path(s).name != s or not s.endswith(".safetensors")]
+        if outside:
+            raise CheckpointError(f"{index}: shard names must be *.safetensors files in the folder, got {outside[:3]}")
         missing = [s for s in shards if not (path / s).exists()]
         if missing:
             raise CheckpointError(f"{path}: {INDEX_FILE} names shards that are missing: {missing}")
@@ -204,14 +274,17 @@ class Checkpoint:
         config_file = self.path / "config.json"
         if not config_file.exists():
             raise CheckpointError(f"{self.path}: no config.json (a Hugging Face checkpoint folder has one)")
-        self.config = json.loads(config_file.read_text())
+        self.config = read_json(config_file, "config.json")
         self.model_type = self.config.get("model_type", "")
+        if not isinstance(self.model_type, str) or not isinstance(self.text_config, dict):
+            raise CheckpointError(f"{config_file}: `model_type` must be a string and `text_config` an object")
         self.architecture = (self.config.get("architectures") or [self.model_type or "unknown"])[0]
         try:
             self.layout = layout_for(self.config, rules)
         except LayoutError as e:
             raise CheckpointError(str(e)) from None
         self.shards, weight_map = _find_shards(self.path)
+        self._spans = {}  # shard -> (offset of its data, {tensor: (begin, end)}), filled on first read
         self.refs = self._classify_all(weight_map)
         self._units = {}
         for ref in self.refs:
@@ -219,6 +292,7 @@ class Checkpoint:
         for refs in self._units.values():
             refs.sort(key=lambda r: -1 if r.expert is None else r.expert)
         _check_units(self._units, self._expected_experts())
+        _check_config_shapes(self.refs, self.text_config, config_file)
 
     @property
     def text_config(self) -> dict:
@@ -231,6 +305,11 @@ class Checkpoint:
                 return self.text_config[key]
         return None
 
+    @property
+    def tied(self) -> bool:
+        """True when config.json says the head is the embedding (tie_word_embeddings: true)."""
+        return self.text_config.get("tie_word_embeddings", self.config.get("tie_word_embeddings")) is True
+
     def _classify_all(self, weight_map):
         refs, seen, unmatched = [], {}, []
         for shard in self.shards:
@@ -241,15 +320,17 @@ class Checkpoint:
                     raise CheckpointError(f"{name} is in both {seen[name]} and {shard}")
                 seen[name] = shard
                 if info["dtype"] not in DTYPES:
-                    raise CheckpointError(
-                        f"{name} has dtype {info['dtype']}; MINT reads 16/32-bit float checkpoints ({', '.join(DTYPES)})"
-                    )
+                    raise CheckpointError(_dtype_message(self.path / shard, name, info["dtype"]))
                 try:
                     found = _classify(name, info, shard, self.layout)
                 except LayoutError as e:
                     raise CheckpointError(f"{self.path}: {e}") from None
                 if not found:
                     unmatched.append(name)
+                if self.tied and any(r.role == "lm_head" for r in found):
+                    # transformers and mlx-lm both use the embedding as the head and ignore a stored
+                    # copy, so quantizing (and paying for) it would change nothing.
+                    continue
                 refs.extend(found)
         if weight_map is not None and set(weight_map) - set(seen):
             missing = sorted(set(weight_map) - set(seen))
@@ -300,14 +381,80 @@ class Checkpoint:
         return self._read(ref, e)
 
     def _read(self, ref, expert):
-        with safe_open(self.path / ref.shard, framework="pt") as f:
-            if ref.split is None and expert is None:
-                t = f.get_tensor(ref.name)
-            else:
-                t = f.get_slice(ref.name)[_slices(ref, expert)]
+        path = self.path / ref.shard
+        try:
+            t = self._read_bytes(ref, expert)
+        except (OSError, SafetensorError) as e:
+            # The file changed or broke after the checkpoint was opened (headers are checked then).
+            raise CheckpointError(f"{path}: cannot read tensor {ref.name!r}: {e}; {_CORRUPT}") from None
+        # One NaN or Inf makes every statistic and every quantization scale of its group meaningless;
+        # it means a damaged file or a diverged model, and no bit width can fix either.
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            which = "" if expert is None else f" (expert {expert})"
+            raise CheckpointError(
+                f"{path}: tensor {ref.name!r}{which} has {bad} NaN or Inf values; the weights are damaged "
+                "(download the checkpoint again) or come from a diverged run (use an earlier checkpoint)"
+            )
         if ref.transpose:
             t = t.transpose(-1, -2)
         return t.contiguous()
+
+    def _read_bytes(self, ref, expert):
+        """The tensor (or one expert's slab of a fused stack) read with one pread into its own buffer.
+
+        Not safe_open: opening a shard costs tens of milliseconds (mmap and a header of every tensor),
+        which is the whole cost of reading an expert of a 128-expert model; and the pages of an mmap
+        would stay in the resident set until it is closed. Split and transposed parts are sliced after.
+        """
+        path = self.path / ref.shard
+        if ref.shard not in self._spans:
+            with open(path, "rb") as f:
+                start = 8 + int.from_bytes(f.read(8), "little")
+            self._spans[ref.shard] = (start, {k: tuple(v["data_offsets"]) for k, v in read_header(path).items()})
+        start, spans = self._spans[ref.shard]
+        begin, end = spans[ref.name]
+        shape = list(ref.shape)
+        if expert is not None:
+            slab = (end - begin) // shape[0]
+            begin, end, shape = begin + expert * slab, begin + (expert + 1) * slab, shape[1:]
+        buf = bytearray(end - begin)
+        with open(path, "rb", buffering=0) as f:
+            f.seek(start + begin)
+            if f.readinto(buf) != len(buf):
+                raise OSError(f"file ends before the {end - begin} bytes of {ref.name!r}")
+        t = torch.frombuffer(buf, dtype=DTYPES[ref.dtype]) if buf else torch.empty(0, dtype=DTYPES[ref.dtype])
+        t = t.reshape(shape)
+        if ref.split is not None:
+            index = _slices(ref, None)
+            t = t[index[1:] if expert is not None else index]
+        return t
+
+
+def _dtype_message(path, name, dtype):
+    """Why a tensor of `dtype` cannot be read, and what to do instead."""
+    base = f"{path}: tensor {name!r} has dtype {dtype}; MINT reads 16/32-bit float checkpoints ({', '.join(DTYPES)})"
+    if dtype.startswith("F8"):
+        return (f"{base}. This is an fp8 checkpoint (weights with block scales, e.g. DeepSeek-V3 or a -FP8 "
+                "release): dequantize it to bf16 first (its model card names the script) or use the bf16 release")
+    return f"{base}; an integer tensor here means an already quantized checkpoint: use the original 16-bit one"
+
+
+def _check_config_shapes(refs, text_config, config_file):
+    """Raise CheckpointError when a tensor's shape contradicts config.json (hidden and vocab sizes,
+    layer count): weights and config from different models would load nowhere."""
+    hidden, vocab, layers = (text_config.get(k) for k in ("hidden_size", "vocab_size", "num_hidden_layers"))
+    for ref in refs:
+        where = f"{ref.shard}: tensor {ref.name!r} {list(ref.shape)}"
+        if ref.role == "embedding" and _is_count(vocab) and _is_count(hidden) and ref.out_in != (vocab, hidden):
+            raise CheckpointError(f"{where} is not [vocab_size {vocab}, hidden_size {hidden}] as {config_file} says; "
+                                  "the config and the weights come from different models")
+        # Every expert, router and head matrix reads or writes the hidden state.
+        if ref.role in ("routed_expert", "router", "lm_head") and _is_count(hidden) and hidden not in ref.out_in:
+            raise CheckpointError(f"{where} has no axis of hidden_size {hidden} as {config_file} says; "
+                                  "the config and the weights come from different models")
+        if ref.layer is not None and _is_count(layers) and ref.layer >= layers:
+            raise CheckpointError(f"{where} is in layer {ref.layer}, but {config_file} says num_hidden_layers {layers}")
 
 
 def _slices(ref, expert):
