@@ -38,6 +38,7 @@ from fractions import Fraction
 
 import numpy as np
 import pandas as pd
+import pyarrow
 import scipy.sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -87,6 +88,10 @@ class BudgetError(ValueError):
     """A budget the user gave that cannot be read or cannot be met."""
 
 
+class UnitsError(ValueError):
+    """A units table that cannot be read or breaks the input contract (see the module docstring)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Priors, veto, sizes
 
@@ -129,32 +134,43 @@ def unit_priors(units, priors=None):
 
 
 def check_units(units):
-    """Raise ValueError unless `units` follows the input contract (see the module docstring)."""
+    """Raise UnitsError unless `units` follows the input contract (see the module docstring)."""
     missing = [c for c in COLUMNS if c not in units.columns]
     if missing:
-        raise ValueError(f"units table lacks columns {missing}")
+        raise UnitsError(f"units table lacks columns {missing}")
     if len(units) == 0:
-        raise ValueError("units table is empty")
-    bad_roles = sorted(set(units["role"].unique()) - set(ROLES))
+        raise UnitsError("units table is empty")
+    # A damaged or hand-edited table must fail here, by name, not deep inside the solver.
+    not_numeric = [c for c in COLUMNS[2:] if not pd.api.types.is_numeric_dtype(units[c])]
+    if not_numeric or not units["unit"].map(lambda u: isinstance(u, str)).all():
+        raise UnitsError(f"units table has non-numeric columns {not_numeric} or non-string unit names")
+    if units[list(COLUMNS[2:])].isna().any().any():
+        raise UnitsError("units table has missing (NaN) values")
+    bad_roles = sorted(map(str, set(units["role"].unique()) - set(ROLES)))
     if bad_roles:
-        raise ValueError(f"unknown roles {bad_roles}; known: {list(ROLES)}")
+        raise UnitsError(f"unknown roles {bad_roles}; known: {list(ROLES)}")
+    configs = set(zip(units["bits"], units["group_size"])) - {(b, g) for b in BITS for g in GROUP_SIZES} - {(16, 0)}
+    if configs:
+        raise UnitsError(f"unknown (bits, group_size) configs {sorted(configs)[:3]}")
+    if not (units["n_params"] > 0).all():
+        raise UnitsError("n_params must be > 0")
     codes, first = unit_codes(units)
     config = pd.DataFrame({"unit": codes, "bits": units["bits"].to_numpy(),
                            "group_size": units["group_size"].to_numpy()})
     if config.duplicated().any():
-        raise ValueError("units table has duplicate (unit, bits, group_size) rows")
+        raise UnitsError("units table has duplicate (unit, bits, group_size) rows")
     has16 = np.zeros(len(first), bool)
     has16[codes[units["bits"].to_numpy() == 16]] = True
     if not has16.all():
-        raise ValueError(f"{(~has16).sum()} units lack a 16-bit row, e.g. "
+        raise UnitsError(f"{(~has16).sum()} units lack a 16-bit row, e.g. "
                          f"{units['unit'].iloc[first[~has16][0]]!r}")
     n_params = units["n_params"].to_numpy()
     if (n_params != n_params[first][codes]).any():
-        raise ValueError("n_params differs between rows of one unit")
+        raise UnitsError("n_params differs between rows of one unit")
     if not (np.isfinite(units["nrmse"]).all() and (units["nrmse"] >= 0).all()):
-        raise ValueError("nrmse must be finite and >= 0")
+        raise UnitsError("nrmse must be finite and >= 0")
     if not (units["bytes"] > 0).all():
-        raise ValueError("bytes must be > 0")
+        raise UnitsError("bytes must be > 0")
 
 
 def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrmse", menu=None):
@@ -726,20 +742,38 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
     }
 
 
+def _read_table(path):
+    """One parquet table; UnitsError naming the file when it is damaged (pyarrow has many types)."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pyarrow.ArrowException) as e:
+        raise UnitsError(f"{path}: not a readable Parquet table ({type(e).__name__}: {e}); "
+                         "delete it and rerun `mint experts`") from None
+
+
 def load_units(paths):
     """Concatenate rate-distortion tables (parquet files, e.g. one per shard)."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    return pd.concat([_read_table(p) for p in paths], ignore_index=True)
 
 
-def write_allocation(result, path):
-    """Write `result` as JSON atomically: a temp file in the same folder, then os.replace."""
+# Keys of a result that measure the run rather than describe the allocation: printed, but not
+# written by `mint allocate`, so that the same inputs give a byte-identical file.
+RUN_KEYS = ("solve_seconds", "wall_seconds", "peak_rss_mb")
+
+
+def write_allocation(result, path, drop=()):
+    """Write `result` (without the keys in `drop`) as JSON atomically: a temp file in the same
+    folder, then os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".alloc-", suffix=".json.tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1, allow_nan=False)   # strict JSON, no NaN/Infinity
+            kept = {k: v for k, v in result.items() if k not in drop}
+            json.dump(kept, f, indent=1, allow_nan=False)   # strict JSON, no NaN/Infinity
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -765,7 +799,7 @@ def allocate_files(units, budget, out, solver="exact", sqnr_floor=SQNR_FLOOR_DB,
     priors = dict(prior or [])
     result = allocate(load_units(units), budget, solver, sqnr_floor, priors, time_limit, loss,
                       config_menu(bits, group_sizes))
-    write_allocation(result, out)
+    write_allocation(result, out, drop=RUN_KEYS)
     return result
 
 
@@ -818,7 +852,7 @@ def main(argv=None):
     try:
         args.budget = matched_budget(args.budget)
         result = allocate_files(**vars(args))
-    except (BudgetError, OSError) as e:
+    except (BudgetError, UnitsError, OSError) as e:
         print(f"mint allocate: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(summary(result))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow
 import torch
 from tqdm import tqdm
 
@@ -130,12 +131,27 @@ def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=Tru
             if clustered:
                 features.append(dict(ident, analyzed=False, **light_stats(w)))
                 continue
-            started = time.perf_counter()
             rows = rd_rows(w, scale_dtype, clip=clip)
             feats = tensor_features(w, spectral=spectral)
             rd.extend(dict(ident, **row, clip=clip) for row in rows)
-            features.append(dict(ident, analyzed=True, seconds=time.perf_counter() - started, **feats))
+            # No timing column: the tables must be byte-identical across runs; `analyze` logs the time.
+            features.append(dict(ident, analyzed=True, **feats))
     return pd.DataFrame(rd), pd.DataFrame(features)
+
+
+class TableError(ValueError):
+    """A table file of an earlier stage cannot be read; the message names it and what to do."""
+
+
+def read_parquet(path):
+    """A table written by `write_parquet`; TableError naming the file when it is damaged."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pyarrow.ArrowException) as e:  # pyarrow's types for a damaged file
+        raise TableError(f"{path}: not a readable Parquet table ({type(e).__name__}: {e}); "
+                         "delete it and rerun the stage that wrote it") from None
 
 
 def write_parquet(df, path):
@@ -164,16 +180,23 @@ def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOL
         feat_path = out_dir / f"{Path(shard).stem}.features.parquet"
         if rd_path.exists() and feat_path.exists():
             continue
+        started = time.perf_counter()
         rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral, clip=clip)
         write_parquet(features, feat_path)
         write_parquet(rd, rd_path)
+        print(f"{shard}: {len(features)} matrices in {time.perf_counter() - started:.2f} s")
     return out_dir
 
 
 def load_rules(path):
     """Extra classification rules (a JSON list, as in a config entry's `rules`); empty file = none."""
-    with open(path) as f:
-        rules = json.load(f)
+    try:
+        with open(path) as f:
+            rules = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read rules from {path}: {e}") from None
+    if rules and not isinstance(rules, list):
+        raise argparse.ArgumentTypeError(f"{path}: rules must be a JSON list of rule objects")
     return rules or None
 
 
@@ -193,7 +216,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         analyze(**vars(args))
-    except CheckpointError as e:
+    except (CheckpointError, OSError) as e:
         print(f"mint analyze: error: {e}", file=sys.stderr)
         return 2
     return 0

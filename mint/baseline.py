@@ -123,7 +123,7 @@ def calibration_windows(checkpoint, source=CALIBRATION_SOURCE, windows=CALIBRATI
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise ValueError(f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}); pass "
                          "--tokenizer, or --calibration random for a checkpoint without one")
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     ids = _encode(tok, data.load_text(source))
     available = len(ids) // seq_len
     if available < windows:
@@ -273,8 +273,9 @@ def main(argv=None):
         return 1
     result.update(total_gib=result["total_bytes"] / alloc.GIB, wall_seconds=time.perf_counter() - start,
                   peak_rss_mb=peak_rss_mb())
-    alloc.write_allocation(result, args.out)
-    print(alloc.summary(result))
+    # Printed, not written: an allocation file depends only on its inputs.
+    alloc.write_allocation(result, args.out, drop=alloc.RUN_KEYS)
+    print(alloc.summary(result), f"{result['wall_seconds']:.1f} s, peak {result['peak_rss_mb']:.0f} MiB.")
     return 0
 
 

@@ -23,7 +23,7 @@ from sklearn.cluster import KMeans
 from tqdm import tqdm
 
 from mint import quantizer
-from mint.analyze import load_rules, rd_rows, read_matrix, tensor_features, write_parquet
+from mint.analyze import TableError, load_rules, rd_rows, read_matrix, read_parquet, tensor_features, write_parquet
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
 CLUSTERS_PER_UNIT = 8
@@ -126,7 +126,7 @@ def read_tables(analysis_dir, kind):
     paths = sorted(Path(analysis_dir).glob(f"*.{kind}.parquet"))
     if not paths:
         raise FileNotFoundError(f"no *.{kind}.parquet in {analysis_dir}: run `mint analyze` first")
-    frames = [pd.read_parquet(p) for p in paths]
+    frames = [read_parquet(p) for p in paths]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -175,7 +175,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         build_units(**vars(args))
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, TableError, OSError) as e:
         print(f"mint experts: error: {e}", file=sys.stderr)
         return 2
     return 0
