@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mint import data
+from mint import data, files
 
 SEED = 42  # METHOD.md §5: the window sample
 TRIM = 0.05  # fraction of windows trimmed from each end for ppl_trimmed5
@@ -151,7 +151,8 @@ def load_model(model_dir, dtype="float32", experts_implementation=None):
     """A transformers causal LM from a local folder, in eval mode, on the CPU."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": DTYPES[dtype]}
+    # Never run code shipped with a checkpoint (no config entry turns it on; see the README).
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": False}
     if experts_implementation:
         kwargs["experts_implementation"] = experts_implementation
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -228,7 +229,7 @@ def evaluate(model_dir, reference_dir=None, seq_len=None, windows=None, batch_si
     tok_dir = model_dir if (Path(model_dir) / "tokenizer_config.json").is_file() else reference_dir
     if tok_dir is None:
         raise EvalError(f"{model_dir} has no tokenizer and no --reference was given")
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
     model = load_model(model_dir, dtype, experts_implementation)
     reference = load_model(reference_dir, dtype, experts_implementation) if reference_dir else None
     if reference is not None and reference.config.vocab_size != model.config.vocab_size:
@@ -271,10 +272,12 @@ def save_result(result, out):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     npz = out.with_suffix(".windows.npz")
-    np.savez(npz, **result["windows"])
+    # The arrays first, the summary (the rule's declared output) last: a killed run leaves no summary.
+    with files.replaced(npz) as tmp:
+        np.savez(tmp, **result["windows"])
     summary = {k: v for k, v in result.items() if k != "windows"}
     summary["windows_file"] = npz.name
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_text(out, json.dumps(summary, indent=2) + "\n")
     return npz
 
 
@@ -303,10 +306,11 @@ def lm_eval_perplexity(model_dir, max_length=None, limit=None, batch_size=1, dty
     from transformers import AutoConfig
 
     if max_length is None:
-        max_length = default_seq_len(model_dir, AutoConfig.from_pretrained(model_dir))
+        max_length = default_seq_len(model_dir, AutoConfig.from_pretrained(model_dir, trust_remote_code=False))
     results = lm_eval.simple_evaluate(
         model="hf",
-        model_args={"pretrained": str(model_dir), "dtype": dtype, "device": "cpu", "max_length": max_length},
+        model_args={"pretrained": str(model_dir), "dtype": dtype, "device": "cpu", "max_length": max_length,
+                    "trust_remote_code": False},
         tasks=[LM_EVAL_TASK],
         task_manager=TaskManager(include_path=str(LM_EVAL_TASKS_DIR), include_defaults=False),
         batch_size=batch_size,

@@ -283,19 +283,26 @@ def write_index(folder, shards):
 
 
 def validate_folder(folder, shards):
-    """Raise ExportError unless the files in `folder` hold exactly the planned tensors."""
+    """Raise ExportError unless the files in `folder` hold exactly the planned tensors.
+
+    Every planned tensor is present with its name, dtype and shape, and no other; `read_header`
+    checks that each one's bytes match its dtype and shape and that they fill the file exactly.
+    Returns the bytes of tensor data on disk (the "written bytes" of the manifest).
+    """
+    on_disk = 0
     for file_name, tensors in shards.items():
         path = Path(folder) / file_name
-        header = read_header(path)
+        try:
+            header = read_header(path)
+        except CheckpointError as e:
+            raise ExportError(f"the written file does not check out: {e}") from None
         want = {t.name: (t.dtype, list(t.shape)) for t in tensors}
         got = {n: (h["dtype"], h["shape"]) for n, h in header.items()}
         if got != want:
             bad = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
             raise ExportError(f"{path}: {len(bad)} tensors differ from the plan in name, shape or dtype, e.g. {bad[:3]}")
-        end = max((h["data_offsets"][1] for h in header.values()), default=0)
-        header_len = int.from_bytes(path.open("rb").read(8), "little")
-        if path.stat().st_size != 8 + header_len + end:
-            raise ExportError(f"{path}: file size does not match its header")
+        on_disk += sum(h["data_offsets"][1] - h["data_offsets"][0] for h in header.values())
+    return on_disk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,16 +430,42 @@ def _staging(outs, overwrite):
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
             raise ExportError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
     pairs = [(out, out.parent / f".{out.name}.tmp-{os.getpid()}") for out in outs]
-    for _, tmp in pairs:
+    for out, tmp in pairs:
+        _remove_stale(out)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     return pairs
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _remove_stale(out):
+    """Remove the temporary folders of earlier exports to `out` that were killed before publishing."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _publish(tmp, out):
+    """Move `tmp` to `out`; an old `out` is moved aside first and deleted last, so a crash at any
+    point leaves either the old folder or the new one under a name the user can find."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.rename(out, old)
     os.rename(tmp, out)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
 
 
 def _copy_side_files(src, dst):
@@ -501,13 +534,14 @@ def export(
             writer.close()
 
         write_index(mlx_tmp, mlx_shards)
-        validate_folder(mlx_tmp, mlx_shards)
+        on_disk = validate_folder(mlx_tmp, mlx_shards)
         (mlx_tmp / "config.json").write_text(json.dumps(mlx_config(ckpt, quantization), indent=4))
         _copy_side_files(ckpt.path, mlx_tmp)
         manifest = build_manifest(ckpt, configs, planned, mlx_shards, dtype16)
         (mlx_tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if manifest["written_bytes"] != manifest["predicted_bytes"]:
-            raise ExportError(f"wrote {manifest['written_bytes']} bytes, predicted {manifest['predicted_bytes']}")
+        if not on_disk == manifest["written_bytes"] == manifest["predicted_bytes"]:
+            raise ExportError(f"wrote {on_disk} bytes of tensors (planned {manifest['written_bytes']}), "
+                              f"predicted {manifest['predicted_bytes']}")
         if hf_tmp is not None:
             _write_hf_meta(ckpt, hf_tmp, hf_shards, dequant_dtype)
             validate_folder(hf_tmp, hf_shards)

@@ -326,7 +326,7 @@ def gptq(checkpoint, calibration, bits, group_size, out, dequant_out, scale_dtyp
     sdtype = SCALE_DTYPES[scale_dtype]
     input_ids = load_file(calibration)["input_ids"].long()
     calib = batches(input_ids, batch_size)
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, trust_remote_code=False)
     model.eval()
     top_k = getattr(model.config, "num_experts_per_tok", None) or getattr(model.config.get_text_config(),
                                                                          "num_experts_per_tok", 1)

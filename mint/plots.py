@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mint import files  # noqa: E402
+
 _LAYER = re.compile(r"^(?P<prefix>.*?layers\.)(?P<layer>\d+)\.(?P<rest>.+)$")
 
 
@@ -27,7 +29,8 @@ def split_unit(unit):
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with files.replaced(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

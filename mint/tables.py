@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mint import plots
+from mint import files, plots
 from mint.evaluate import paired_comparison
 
 GIB = 1024**3
@@ -196,8 +196,9 @@ def clustering_table(runs, results_dir):
 
 def write_table(df, stem, provenance_line):
     """CSV for machines, Markdown for people; both say what made them."""
-    df.to_csv(f"{stem}.csv", index=False, float_format="%.6g")
-    Path(f"{stem}.md").write_text(f"{provenance_line}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    with files.replaced(f"{stem}.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    files.write_text(f"{stem}.md", f"{provenance_line}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
 
 
 def make_plots(runs, results_dir, plots_dir):
