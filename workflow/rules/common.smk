@@ -39,6 +39,19 @@ def model_source(model):
     return config["models"][model]["source"]
 
 
+def check_local_sources():
+    """A local source must be a Hugging Face folder: say so now, naming the model, rather than as a
+    missing input file of some rule later."""
+    for model, entry in config["models"].items():
+        path = entry["source"].get("path")
+        if path is not None and not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"model {model}: source path {path!r} is not a Hugging Face checkpoint folder "
+                             "(no config.json there); fix `source: {path: ...}` in the config")
+
+
+check_local_sources()
+
+
 def checkpoint_dir(model):
     """The model's Hugging Face folder: the user's own, a hub download, or a reference trained here."""
     source = model_source(model)
