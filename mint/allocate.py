@@ -686,8 +686,10 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
     cost, size, valid, row = pack_options(options)
     start = time.perf_counter()
     if budget_bytes >= size16:
-        warnings.warn(f"budget {budget_bytes} bytes is at least the 16-bit size {size16} bytes: "
+        warnings.warn(f"budget {budget!r} is at least the 16-bit size {size16} bytes: "
                       "nothing is quantized", stacklevel=2)
+        # More room than the 16-bit model is the 16-bit model (and keeps "1e300GiB" printable).
+        budget_bytes = size16
         bits = np.where(valid, options["bits"].to_numpy()[row], 0)
         choice = (bits == 16).argmax(axis=1)
         solved = dict(choice=choice, lp_bound=0.0, best_bound=0.0, status="optimal", free_units=0)
@@ -749,7 +751,8 @@ def _read_table(path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, pyarrow.ArrowException) as e:
-        raise UnitsError(f"{path}: not a readable Parquet table ({type(e).__name__}: {e}); "
+        reason = " ".join(str(e).split())  # pyarrow's messages span lines; an error is one line
+        raise UnitsError(f"{path}: not a readable Parquet table ({type(e).__name__}: {reason}); "
                          "delete it and rerun `mint experts`") from None
 
 

@@ -150,7 +150,8 @@ def read_parquet(path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, pyarrow.ArrowException) as e:  # pyarrow's types for a damaged file
-        raise TableError(f"{path}: not a readable Parquet table ({type(e).__name__}: {e}); "
+        reason = " ".join(str(e).split())  # pyarrow's messages span lines; an error is one line
+        raise TableError(f"{path}: not a readable Parquet table ({type(e).__name__}: {reason}); "
                          "delete it and rerun the stage that wrote it") from None
 
 
