@@ -48,9 +48,10 @@ ROLES = ("embedding", "lm_head", "norm", "router", "attention", "dense_mlp", "sh
          "routed_expert", "other")
 COLUMNS = ("unit", "role", "layer", "n_params", "bits", "group_size", "bytes", "nrmse", "sqnr_db")
 SOLVERS = ("exact", "greedy")
-# The distortion a unit's cost counts: NRMSE (published), or its square (errors that reach the output
-# independently add in power, so the second-order loss of a model is a sum of squared errors).
-LOSSES = ("nrmse", "mse")
+# The distortion a unit's cost counts: NRMSE (published); its square (errors that reach the output
+# independently add in power, so the second-order loss of a model is a sum of squared errors); or
+# the square weighted by the unit's data-free output weight rho (mint/importance.py).
+LOSSES = ("nrmse", "mse", "output")
 
 # Soft priors pi of METHOD.md §4: the weight of a unit's NRMSE in the objective. A unit's prior is
 # max(role prior, layer prior), the layer prior applying only to layer 0 and to the last layer.
@@ -173,9 +174,10 @@ def check_units(units):
         raise UnitsError("bytes must be > 0")
 
 
-def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrmse", menu=None):
+def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrmse", menu=None, rho=None):
     """The rows that survive the rules of §4, with `uid` (see `unit_codes`), `prior` and
-    `cost` = prior * nrmse (or prior * nrmse**2 for loss "mse") added.
+    `cost` = prior * nrmse (loss "nrmse"), prior * nrmse**2 ("mse") or prior * rho * nrmse**2
+    ("output", `rho` a Series of output weights indexed by unit) added.
 
     Dropped: options with sqnr_db < sqnr_floor_db (the safety veto; 0 disables it), every
     quantized option of a unit with an infinite prior (norms), and, with a `menu` (a set of
@@ -193,8 +195,18 @@ def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrm
         offered = pd.MultiIndex.from_arrays([bits, units["group_size"].to_numpy()]).isin(list(menu))
         keep &= (bits == 16) | offered
     nrmse = units["nrmse"].to_numpy(float)
+    distortion = nrmse if loss == "nrmse" else nrmse**2
+    if loss == "output":
+        if rho is None:
+            raise UnitsError("loss 'output' needs the output weights of `mint importance` (--importance)")
+        weight = units["unit"].map(rho)
+        missing = units.loc[weight.isna() & (bits != 16), "unit"].unique()
+        if len(missing):
+            raise UnitsError(f"no output weight for {len(missing)} units, e.g. {missing[0]!r}: "
+                             "was the importance table made from this checkpoint?")
+        distortion = distortion * weight.fillna(0.0).to_numpy(float)
     # inf * 0 is nan: a pinned unit keeps only its 16-bit row, whose cost is 0.
-    cost = np.where(pinned, 0.0, prior) * (nrmse**2 if loss == "mse" else nrmse)
+    cost = np.where(pinned, 0.0, prior) * distortion
     return units.loc[keep].assign(uid=codes[keep], prior=prior[keep], cost=cost[keep])
 
 
@@ -649,7 +661,7 @@ def quantization_dict(chosen):
 
 
 def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=None,
-             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None):
+             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None, rho=None):
     """Choose one option per unit within `budget` (METHOD.md §4).
 
     Args:
@@ -659,7 +671,8 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         sqnr_floor_db: safety veto floor; 0 disables it.
         priors: overrides of PRIORS (keys of PRIORS or role names).
         time_limit_s: time limit of the exact solver (see `solve_exact`).
-        loss: "nrmse" (published) or "mse" (squared NRMSE), see LOSSES.
+        loss: "nrmse" (published), "mse" (squared NRMSE) or "output" (rho-weighted), see LOSSES.
+        rho: output weights by unit (a Series, from `mint importance`) for loss "output".
         menu: a set of (bits, group_size) the runtime should use (see `config_menu`); None: all.
     Returns:
         A JSON-serializable dict: sizes, objective, LP bound, gap, time, per-unit choices and the
@@ -671,7 +684,7 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     check_units(units)
     units = units.reset_index(drop=True)
-    options = candidate_options(units, sqnr_floor_db, priors, loss, menu).reset_index(drop=True)
+    options = candidate_options(units, sqnr_floor_db, priors, loss, menu, rho).reset_index(drop=True)
     codes, first = unit_codes(units)
     n_params = int(units["n_params"].to_numpy()[first].sum())
     size16 = size16_bytes(units)
@@ -797,11 +810,12 @@ def summary(result):
 
 
 def allocate_files(units, budget, out, solver="exact", sqnr_floor=SQNR_FLOOR_DB, prior=None,
-                   time_limit=TIME_LIMIT_S, loss="nrmse", bits=None, group_sizes=None):
+                   time_limit=TIME_LIMIT_S, loss="nrmse", bits=None, group_sizes=None, importance=None):
     """Read the tables, allocate, write the JSON to `out`; returns the result."""
     priors = dict(prior or [])
+    rho = pd.read_parquet(importance).set_index("unit")["rho"] if importance else None
     result = allocate(load_units(units), budget, solver, sqnr_floor, priors, time_limit, loss,
-                      config_menu(bits, group_sizes))
+                      config_menu(bits, group_sizes), rho)
     write_allocation(result, out, drop=RUN_KEYS)
     return result
 
@@ -846,7 +860,9 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S,
                         help="seconds for the exact solver; past them it reports its certified gap")
     parser.add_argument("--loss", choices=LOSSES, default="nrmse",
-                        help="distortion in the objective: nrmse (published) or mse (squared NRMSE)")
+                        help="distortion in the objective: nrmse (published), mse (squared NRMSE), or output "
+                             "(squared NRMSE times the output weight of --importance)")
+    parser.add_argument("--importance", help="output weights per unit (`mint importance`), for --loss output")
     parser.add_argument("--bits", type=int, nargs="+", choices=BITS, help="offer only these bit widths")
     parser.add_argument("--group-sizes", type=int, nargs="+", choices=GROUP_SIZES,
                         help="offer only these group sizes (e.g. 64 128: no g32, faster kernels)")

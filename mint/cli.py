@@ -12,6 +12,7 @@ COMMANDS = {
     "inspect": ("mint.inspect", "show a checkpoint's tensors, roles, units and sizes (or an allocation)"),
     "analyze": ("mint.analyze", "measure every tensor of a checkpoint: RD curves and features, per shard"),
     "experts": ("mint.experts", "cluster large expert stacks, measure representatives, aggregate units"),
+    "importance": ("mint.importance", "data-free output weights per unit (random probes through each block)"),
     "allocate": ("mint.allocate", "choose (bits, group) per unit to fit a memory budget (knapsack)"),
     "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder) for an allocation"),
     "baseline": ("mint.baseline", "matched-size baselines (uniform RTN) written as allocations"),

@@ -122,3 +122,25 @@ def plot_ppl_vs_size(points, path, title=None, reference=None):
     ax.set_title(title or "perplexity vs size", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def plot_variants(table, path, title="Variants vs the faithful reproduction at equal bytes"):
+    """Paired log-PPL difference (+-2 SE) of each variant, one panel per budget, models side by side."""
+    budgets = list(dict.fromkeys(table["budget"]))
+    variants = [v for v in dict.fromkeys(table["variant"])]
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False, sharey=True)
+    width = 0.8 / max(len(models), 1)
+    for ax, budget in zip(axes[0], budgets):
+        part = table[table["budget"] == budget]
+        for k, model in enumerate(models):
+            rows = part[part["model"] == model].set_index("variant").reindex(variants)
+            x = np.arange(len(variants)) + (k - (len(models) - 1) / 2) * width
+            ax.errorbar(x, rows["dlogppl"], yerr=2 * rows["se"], fmt="o", ms=4, capsize=2, label=model)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(np.arange(len(variants)), variants, rotation=40, ha="right")
+        ax.set_title(budget)
+    axes[0][0].set_ylabel("paired mean diff. of log PPL vs faithful (below 0 = better)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)

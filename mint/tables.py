@@ -9,6 +9,9 @@ evaluations with their per-window losses, unit tables) and writes:
 - `solver.*`: greedy vs exact on every allocation (objective, LP bound, gap, bytes used).
 - `clustering.*`: for models analysed both ways, clustered representatives vs every expert measured
   (analysis time, chosen configs that differ, PPL and KLD of the two allocations).
+- `variants.*` (with a variant study): each variant against the faithful reproduction at equal bytes,
+  per model and budget: KLD, and the paired per-window log-perplexity difference with its standard
+  error; `variants_summary.*` counts, per variant, where it is better or worse by more than 2 SE.
 Each table carries the commit and the config hash that made it.
 """
 
@@ -19,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mint import files, plots
@@ -194,6 +198,53 @@ def clustering_table(runs, results_dir):
     return pd.DataFrame(rows)
 
 
+# The faithful reproduction at its own min-safe size is its "min-safe" run (see common.smk).
+FAITHFUL_MIN_SAFE = "faithful-min-safe"
+# A paired difference counts as a win or a loss past this many standard errors.
+SIGNIFICANT_SE = 2.0
+
+
+def variants_table(runs, faithful, variants, budgets):
+    """Each variant against `faithful` at equal bytes, per model and budget.
+
+    dlogppl = mean over windows of (log PPL of the variant - log PPL of the faithful run): negative
+    is better; z = dlogppl / se. kld_ratio = KLD of the variant / KLD of the faithful run.
+    """
+    rows = []
+    for model, group in runs.groupby("model"):
+        by = {(r["method"], r["budget"]): r for _, r in group.iterrows()}
+        for budget in budgets:
+            base = by.get((faithful, "min-safe" if budget == FAITHFUL_MIN_SAFE else budget))
+            if base is None:
+                continue
+            for variant in [faithful] + [v for v in variants if v != faithful]:
+                run = base if variant == faithful else by.get((variant, budget))
+                if run is None:
+                    continue
+                d = paired_comparison(base["windows"], run["windows"])
+                z = d["mean_diff_log_ppl"] / d["se"] if d["se"] > 0 else 0.0
+                rows.append(dict(model=model, budget=budget, variant=variant, size_bytes=run["size_bytes"],
+                                 avg_bits=run["avg_bits"], ppl_mean=run["ppl_mean"], kld=run["kld"],
+                                 kld_ratio=run["kld"] / base["kld"] if base["kld"] > 0 else float("nan"),
+                                 dlogppl=d["mean_diff_log_ppl"], se=d["se"], z=z,
+                                 verdict="better" if z < -SIGNIFICANT_SE else "worse" if z > SIGNIFICANT_SE
+                                 else "same"))
+    return pd.DataFrame(rows)
+
+
+def variants_summary(table):
+    """Per variant: runs, wins and losses past 2 SE, runs with a lower KLD, geometric-mean KLD ratio."""
+    rows = []
+    for variant, group in table.groupby("variant", sort=False):
+        ratio = group["kld_ratio"]
+        rows.append(dict(variant=variant, runs=len(group), better=int((group["verdict"] == "better").sum()),
+                         worse=int((group["verdict"] == "worse").sum()),
+                         lower_kld=int((ratio < 1).sum()),
+                         geomean_kld_ratio=float(np.exp(np.log(ratio).mean())),
+                         mean_z=float(group["z"].mean())))
+    return pd.DataFrame(rows)
+
+
 def write_table(df, stem, provenance_line):
     """CSV for machines, Markdown for people; both say what made them."""
     with files.replaced(f"{stem}.csv") as tmp:
@@ -223,18 +274,26 @@ def make_plots(runs, results_dir, plots_dir):
                                     f"{model}: mint @ {pick['budget']} ({pick['avg_bits']:.2f} bpw)")
 
 
-def make_tables(results, tables, plots_dir, config="config/config.yaml"):
+def make_tables(results, tables, plots_dir, config="config/config.yaml", faithful=None, study=(),
+                study_budgets=()):
     runs = add_paired(collect_runs(results))
+    study_only = set(study) - {"mint", faithful}
+    regular = runs[~runs["method"].isin(study_only)]
     tables, plots_dir = Path(tables), Path(plots_dir)
     tables.mkdir(parents=True, exist_ok=True)
     commit, digest = provenance(config)
     line = f"Made by commit {commit} with config sha256 {digest}."
     write_table(runs.drop(columns=["windows"]), tables / "results", line)
-    write_table(matched_size_table(runs), tables / "matched_size", line)
-    write_table(budget_sweep_table(runs), tables / "budget_sweep", line)
+    write_table(matched_size_table(regular), tables / "matched_size", line)
+    write_table(budget_sweep_table(regular), tables / "budget_sweep", line)
     write_table(solver_table(runs), tables / "solver", line)
     write_table(clustering_table(runs, results), tables / "clustering", line)
-    make_plots(runs, results, plots_dir)
+    if faithful and study:
+        table = variants_table(runs, faithful, study, study_budgets)
+        write_table(table, tables / "variants", line)
+        write_table(variants_summary(table), tables / "variants_summary", line)
+        plots.plot_variants(table, Path(plots_dir) / "variants_kld.png")
+    make_plots(regular, results, plots_dir)
     print(f"{len(runs)} evaluated runs -> {tables}, plots -> {plots_dir}")
 
 
@@ -244,6 +303,9 @@ def main(argv=None):
     p.add_argument("--tables", default="results/tables", help="output folder for tables")
     p.add_argument("--plots", dest="plots_dir", default="results/plots", help="output folder for plots")
     p.add_argument("--config", default="config/config.yaml", help="config whose hash is recorded")
+    p.add_argument("--faithful", help="the variant study's faithful reproduction (e.g. mint-greedy)")
+    p.add_argument("--study", nargs="*", default=(), help="the variant study's variants")
+    p.add_argument("--study-budgets", nargs="*", default=(), help="the variant study's budgets")
     args = p.parse_args(argv)
     make_tables(**vars(args))
     return 0

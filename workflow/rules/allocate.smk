@@ -1,13 +1,34 @@
+rule importance:
+    input:
+        checkpoint=get_checkpoint,
+        rules="results/{model}/rules.json",
+    output:
+        "results/{model}/importance.parquet",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+    log:
+        "logs/{model}/importance.log",
+    benchmark:
+        "results/benchmarks/{model}/importance.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "mint importance --checkpoint {params.checkpoint} --rules {input.rules} --out {output} > {log} 2>&1"
+
+
 rule allocate:
     input:
-        units="results/{model}/units/units.parquet",
+        units=get_variant_units,
         matched=get_budget_input,
+        importance=get_importance,
     output:
         "results/{model}/alloc/{variant}/{budget}.json",
     params:
         solver=lambda wc: get_variant(wc)["solver"],
         floor=lambda wc: get_variant(wc)["sqnr_floor_db"],
         budget=get_budget_spec,
+        extra=get_variant_flags,
     log:
         "logs/{model}/allocate/{variant}/{budget}.log",
     benchmark:
@@ -17,7 +38,7 @@ rule allocate:
         mem_mb=2000,
     shell:
         "mint allocate --units {input.units} --budget {params.budget} --solver {params.solver}"
-        " --sqnr-floor {params.floor} --out {output} > {log} 2>&1"
+        " --sqnr-floor {params.floor} {params.extra} --out {output} > {log} 2>&1"
 
 
 use rule allocate as allocate_all_experts with:
@@ -30,6 +51,7 @@ use rule allocate as allocate_all_experts with:
         solver=config["variants"]["mint"].get("solver", "exact"),
         floor=config["variants"]["mint"].get("sqnr_floor_db", 9.0),
         budget=get_budget_spec,
+        extra="",
     log:
         "logs/{model}/allocate/mint-all/{budget}.log",
     benchmark:

@@ -9,6 +9,8 @@ rule analyze:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
         threshold=config["analysis"]["cluster_threshold"],
         spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+        extra="",
+        out="analysis",
     log:
         "logs/{model}/analyze/{shard}.log",
     benchmark:
@@ -18,8 +20,8 @@ rule analyze:
         mem_mb=4000,
     shell:
         "mint analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
-        " --cluster-threshold {params.threshold} {params.spectral} --threads {threads}"
-        " --out results/{wildcards.model}/analysis > {log} 2>&1"
+        " --cluster-threshold {params.threshold} {params.spectral} {params.extra} --threads {threads}"
+        " --out results/{wildcards.model}/{params.out} > {log} 2>&1"
 
 
 rule experts:
@@ -37,6 +39,8 @@ rule experts:
         seed=config["analysis"]["seed"],
         aggregation=config["analysis"]["aggregation"],
         spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+        analysis="analysis",
+        out="units",
     log:
         "logs/{model}/experts.log",
     benchmark:
@@ -45,9 +49,53 @@ rule experts:
     resources:
         mem_mb=4000,
     shell:
-        "mint experts --checkpoint {params.checkpoint} --rules {input.rules} --analysis results/{wildcards.model}/analysis"
+        "mint experts --checkpoint {params.checkpoint} --rules {input.rules}"
+        " --analysis results/{wildcards.model}/{params.analysis}"
         " --k {params.k} --seed {params.seed} --aggregation {params.aggregation} {params.spectral}"
-        " --out results/{wildcards.model}/units > {log} 2>&1"
+        " --out results/{wildcards.model}/{params.out} > {log} 2>&1"
+
+
+# Variants (issue 9): the same analysis measured with the clip-search quantizer...
+use rule analyze as analyze_clip with:
+    output:
+        rd="results/{model}/analysis-clip/{shard}.rd.parquet",
+        features="results/{model}/analysis-clip/{shard}.features.parquet",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        threshold=config["analysis"]["cluster_threshold"],
+        spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+        extra="--clip",
+        out="analysis-clip",
+    log:
+        "logs/{model}/analyze-clip/{shard}.log",
+    benchmark:
+        "results/benchmarks/{model}/analyze-clip/{shard}.tsv"
+
+
+# ...and units aggregated another way, or from the clip-search analysis ("units-clip-mean", ...).
+use rule experts as experts_variant with:
+    input:
+        tables=get_units_analysis,
+        rules="results/{model}/rules.json",
+    output:
+        units="results/{model}/{tag}/units.parquet",
+        clusters="results/{model}/{tag}/clusters.parquet",
+        experts="results/{model}/{tag}/experts.parquet",
+        features="results/{model}/{tag}/features.parquet",
+    wildcard_constraints:
+        tag=alternatives(UNITS_TAGS),
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        k=config["analysis"]["clusters_per_unit"],
+        seed=config["analysis"]["seed"],
+        aggregation=get_units_aggregation,
+        spectral="" if config["analysis"]["spectral"] else "--no-spectral",
+        analysis=lambda wc: "analysis-clip" if wc.tag.split("-")[1:2] == ["clip"] else "analysis",
+        out=lambda wc: wc.tag,
+    log:
+        "logs/{model}/experts-{tag}.log",
+    benchmark:
+        "results/benchmarks/{model}/experts-{tag}.tsv"
 
 
 # The clustering table: the same analysis with every expert measured (no clustering).

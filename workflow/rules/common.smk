@@ -19,7 +19,12 @@ def baseline_configs(model, kind):
     return config["models"][model].get("baselines", {}).get(kind, [])
 
 
-BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]})
+# The variant study (issue 9): study variants x study budgets on every model.
+STUDY = config.get("variant_study")
+# A budget equal to the faithful reproduction's own min-safe size.
+FAITHFUL_MIN_SAFE = "faithful-min-safe"
+BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]}
+                 | set(STUDY["budgets"] if STUDY else []))
 BASELINE_CONFIGS = sorted({c for m in MODELS for k in BASELINES for c in baseline_configs(m, k)})
 
 
@@ -97,9 +102,59 @@ def get_rules_file(model):
     return f"results/{model}/rules.json"
 
 
+def variant_config(name):
+    defaults = {"solver": "exact", "sqnr_floor_db": 9.0, "clip": False,
+                "aggregation": config["analysis"]["aggregation"], "loss": "nrmse"}
+    return {**defaults, **config["variants"][name]}
+
+
 def get_variant(wildcards):
-    defaults = {"solver": "exact", "sqnr_floor_db": 9.0}
-    return {**defaults, **config["variants"][wildcards.variant]}
+    return variant_config(wildcards.variant)
+
+
+def units_tag(variant):
+    """Which units table a variant allocates from: "units" (the default analysis), else
+    "units-<changes>" for clip search and/or another aggregation."""
+    v = variant_config(variant)
+    changes = (["clip"] if v["clip"] else []) + (
+        [v["aggregation"]] if v["aggregation"] != config["analysis"]["aggregation"] else [])
+    return "-".join(["units"] + changes)
+
+
+UNITS_TAGS = sorted({units_tag(v) for v in VARIANTS} - {"units"})
+
+
+def get_variant_units(wildcards):
+    return f"results/{wildcards.model}/{units_tag(wildcards.variant)}/units.parquet"
+
+
+def get_importance(wildcards):
+    """The output weights a variant with loss "output" allocates with (none for the others)."""
+    if get_variant(wildcards)["loss"] != "output":
+        return []
+    return f"results/{wildcards.model}/importance.parquet"
+
+
+def get_variant_flags(wildcards):
+    """Allocator flags of a variant beyond solver and floor (empty for the published options)."""
+    v = get_variant(wildcards)
+    flags = [] if v["loss"] == "nrmse" else [f"--loss {v['loss']}"]
+    flags += [f"--importance results/{wildcards.model}/importance.parquet"] if v["loss"] == "output" else []
+    flags += [f"--bits {' '.join(map(str, v['bits']))}"] if "bits" in v else []
+    flags += [f"--group-sizes {' '.join(map(str, v['group_sizes']))}"] if "group_sizes" in v else []
+    return " ".join(flags)
+
+
+def get_units_analysis(wildcards):
+    """The analysis tables a units folder is built from: clip-search curves or plain ones."""
+    folder = "analysis-clip" if wildcards.tag.split("-")[1:2] == ["clip"] else "analysis"
+    return expand("results/{model}/{folder}/{shard}.{kind}.parquet", model=wildcards.model, folder=folder,
+                  shard=get_shards(wildcards.model), kind=["rd", "features"])
+
+
+def get_units_aggregation(wildcards):
+    rest = [t for t in wildcards.tag.split("-")[1:] if t != "clip"]
+    return rest[0] if rest else config["analysis"]["aggregation"]
 
 
 def get_budgets(model):
@@ -117,6 +172,8 @@ def get_variants(model):
 
 def get_budget_input(wildcards):
     """A matched budget needs the baseline's result, whose size it takes."""
+    if wildcards.budget == FAITHFUL_MIN_SAFE:
+        return f"results/{wildcards.model}/alloc/{STUDY['faithful']}/min-safe.json"
     m = MATCHED.match(wildcards.budget)
     if not m:
         return []
@@ -151,14 +208,32 @@ def get_allocations(model):
         config=baseline_configs(model, "uniform"))
 
 
+def study_runs(model):
+    """(variant, budget) of the variant study; the faithful variant at its own min-safe size is its
+    "min-safe" run, not a second identical one."""
+    if not STUDY:
+        return []
+    runs = [(v, b) for v in [STUDY["faithful"]] + STUDY["variants"] for b in STUDY["budgets"]]
+    return [(v, "min-safe" if (v, b) == (STUDY["faithful"], FAITHFUL_MIN_SAFE) else b) for v, b in runs]
+
+
 def get_evaluations(model):
-    """Every evaluation of a model: 16-bit, each allocation, and each baseline."""
+    """Every evaluation of a model: 16-bit, each allocation, each baseline, and the variant study."""
     runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
     if compares_clustering(model):
         runs += [("mint-all", b) for b in get_budgets(model)]
+    runs += [r for r in study_runs(model) if r not in runs]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
 
 
 def get_units_tables():
     return [f"results/{m}/units/{kind}.parquet" for m in MODELS for kind in ("units", "clusters")]
+
+
+def get_study_flags():
+    """`mint tables` flags naming the variant study (empty without one)."""
+    if not STUDY:
+        return ""
+    return (f"--faithful {STUDY['faithful']} --study {' '.join(STUDY['variants'])}"
+            f" --study-budgets {' '.join(STUDY['budgets'])}")

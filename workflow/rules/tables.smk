@@ -8,7 +8,9 @@ rule tables:
                category="Tables"),
         report(directory("results/plots"), patterns=["{name}.png"], caption="../report/plots.rst",
                category="Plots"),
+    params:
+        study=get_study_flags(),
     log:
         "logs/tables.log",
     shell:
-        "mint tables --results results --tables {output[0]} --plots {output[1]} > {log} 2>&1"
+        "mint tables --results results --tables {output[0]} --plots {output[1]} {params.study} > {log} 2>&1"
