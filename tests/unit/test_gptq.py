@@ -204,7 +204,7 @@ def test_calibration_windows_are_seeded_and_refuse_the_test_split(tmp_path):
         baseline.calibration_windows(folder, "gutenberg-train", 4, 32)
 
 
-def test_uniform_baseline_runs_from_the_cli(tmp_path):
+def test_uniform_baseline_runs_from_the_cli(tmp_path, capsys):
     from mint import analyze, experts
 
     folder = make_tiny_checkpoint("qwen3_moe", tmp_path / "ckpt", hidden=128, intermediate=128)
@@ -216,4 +216,6 @@ def test_uniform_baseline_runs_from_the_cli(tmp_path):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["solver"] == "uniform" and r["total_gib"] == r["total_bytes"] / 1024**3
-    assert r["wall_seconds"] > 0 and r["peak_rss_mb"] > 0
+    # Time and memory are printed, not written: the file depends only on its inputs.
+    assert "wall_seconds" not in r and "peak_rss_mb" not in r
+    assert " s, peak " in capsys.readouterr().out
