@@ -389,7 +389,7 @@ class Checkpoint:
             raise CheckpointError(f"{path}: cannot read tensor {ref.name!r}: {e}; {_CORRUPT}") from None
         # One NaN or Inf makes every statistic and every quantization scale of its group meaningless;
         # it means a damaged file or a diverged model, and no bit width can fix either.
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             bad = int((~torch.isfinite(t)).sum())
             which = "" if expert is None else f" (expert {expert})"
             raise CheckpointError(
@@ -429,6 +429,16 @@ class Checkpoint:
             index = _slices(ref, None)
             t = t[index[1:] if expert is not None else index]
         return t
+
+
+def _all_finite(t):
+    """True when no value of `t` is NaN or Inf.
+
+    A float32 sum is finite exactly when every value is (NaN and Inf propagate) unless it overflows,
+    so the exact check runs only then: 0.4 ms instead of 10-30 ms for torch.isfinite on a bf16
+    expert of 768 x 2048, which would otherwise be most of the time spent reading it.
+    """
+    return bool(t.float().sum().isfinite()) or bool(torch.isfinite(t).all())
 
 
 def _dtype_message(path, name, dtype):
