@@ -23,7 +23,7 @@ import pyarrow
 import torch
 from tqdm import tqdm
 
-from mint import quantizer
+from mint import quantizer, sampling
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
 # Units with more routed experts than this are clustered (METHOD.md §3).
@@ -34,25 +34,46 @@ SPECTRAL_RANK = 256
 KURTOSIS_GROUP = 128
 
 
+# light_stats works on pieces of this many weights: float64 temporaries that stay in cache make it
+# about 10x faster than whole-matrix float64 passes (it runs on every expert of a clustered model).
+_STATS_CHUNK = 1 << 16
+
+
+def _moments(w):
+    """(n, mean, sum of squared deviations, sum of 4th powers of deviations), in float64 pieces."""
+    x = w.reshape(-1)
+    n = x.numel()
+    mean = sum(float(x[i : i + _STATS_CHUNK].double().sum()) for i in range(0, n, _STATS_CHUNK)) / max(n, 1)
+    m2 = m4 = 0.0
+    for i in range(0, n, _STATS_CHUNK):
+        c2 = x[i : i + _STATS_CHUNK].double().sub_(mean).square_()
+        m2 += float(c2.sum())
+        m4 += float(c2.dot(c2))
+    return n, mean, m2, m4
+
+
 def light_stats(w):
-    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, one pass)."""
-    x = w.double().flatten()
-    mean = x.mean()
-    centered = x - mean
-    var = centered.square().mean()
-    kurt = float(centered.pow(4).mean() / var.square() - 3) if var > 0 else 0.0
-    return dict(norm=float(x.norm()), std=float(var.sqrt()), kurtosis=kurt)
+    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, two passes)."""
+    n, mean, m2, m4 = _moments(w)
+    var = m2 / n
+    kurt = m4 / n / var**2 - 3 if var > 0 else 0.0
+    # sum(x^2) = sum((x - mean)^2) + n * mean^2
+    return dict(norm=math.sqrt(m2 + n * mean**2), std=math.sqrt(var), kurtosis=kurt)
 
 
 def _group_kurtosis(w, group=KURTOSIS_GROUP):
     """Percentiles (50, 90, 99) of the excess kurtosis of groups along the input axis."""
     if w.shape[-1] % group:
         group = w.shape[-1]
-    g = w.float().reshape(-1, group)
-    c = g - g.mean(-1, keepdim=True)
-    var = c.square().mean(-1)
-    kurt = torch.where(var > 0, c.pow(4).mean(-1) / var.clamp_min(1e-30).square() - 3, torch.zeros_like(var))
-    p = torch.quantile(kurt, torch.tensor([0.5, 0.9, 0.99]))
+    groups = w.reshape(-1, group)
+    kurt = []
+    # In pieces, so that an embedding of 300M weights needs megabytes of temporaries, not gigabytes.
+    for i in range(0, len(groups), max(1, _STATS_CHUNK // group)):
+        g = groups[i : i + max(1, _STATS_CHUNK // group)].float()
+        c = g - g.mean(-1, keepdim=True)
+        var = c.square().mean(-1)
+        kurt.append(torch.where(var > 0, c.pow(4).mean(-1) / var.clamp_min(1e-30).square() - 3, torch.zeros_like(var)))
+    p = torch.quantile(torch.cat(kurt), torch.tensor([0.5, 0.9, 0.99]))
     return dict(group_kurtosis_p50=float(p[0]), group_kurtosis_p90=float(p[1]), group_kurtosis_p99=float(p[2]))
 
 
@@ -83,8 +104,14 @@ def spectral_features(w, rank=SPECTRAL_RANK, seed=0):
 def tensor_features(w, spectral=True):
     """All extra features of METHOD.md §2 for one matrix."""
     feats = light_stats(w)
-    x = w.float()
-    feats["outlier_frac"] = float(((x - x.mean()).abs() > 3 * x.std()).float().mean()) if x.numel() > 1 else 0.0
+    n, mean, m2, _ = _moments(w)
+    if n > 1:
+        # Beyond 3 (unbiased) standard deviations from the mean, counted piece by piece.
+        limit, x = 3 * math.sqrt(m2 / (n - 1)), w.reshape(-1)
+        outliers = sum(int(((x[i : i + _STATS_CHUNK].float() - mean).abs() > limit).sum()) for i in range(0, n, _STATS_CHUNK))
+        feats["outlier_frac"] = outliers / n
+    else:
+        feats["outlier_frac"] = 0.0
     feats.update(_group_kurtosis(w))
     if spectral:
         feats.update(spectral_features(w))
@@ -108,10 +135,40 @@ def _matrices(ckpt, ref):
         yield e, read_matrix(ckpt, ref, e)
 
 
-def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=True, progress=True, clip=False):
+def sample_size(sample_rows, n_rows):
+    """Rows to sample from a matrix of `n_rows`: `sample_rows` rows, or that fraction if below 1."""
+    if sample_rows < 1:
+        return max(2, math.ceil(sample_rows * n_rows))
+    return int(sample_rows)
+
+
+def measure_sampled(w, sample_rows, key, scale_dtype, spectral=True, clip=False):
+    """RD rows and features of one matrix from a seeded sample of its rows (mint/sampling.py).
+
+    The light statistics (the clustering's features) are the whole matrix's, since they are cheap;
+    the group-kurtosis and outlier features are those of the randomly sampled rows; spectral
+    features, if asked, the whole matrix's (a sample of rows has other singular values).
+    """
+    n = sample_size(sample_rows, w.shape[0])
+    plan = sampling.row_sample(sampling.row_squares(w), n, key)
+    rows = sampling.sampled_rd_curve(w, n, key, scale_dtype, clip=clip, plan=plan)
+    # Features of the random part only: the certainty rows are the largest, not typical ones.
+    part = w[plan[1]] if len(plan[1]) >= 2 else w
+    feats = tensor_features(part, spectral=False)
+    feats.update(light_stats(w))
+    if spectral:
+        feats.update(spectral_features(w))
+    return rows, feats
+
+
+def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=True, progress=True, clip=False,
+                  sample_rows=None):
     """Measure every tensor of one shard. Returns (rd DataFrame, features DataFrame).
 
     With `clip`, the RD curves are those of the clip-search quantizer (`quantizer.CLIP_RATIOS`).
+    With `sample_rows` (rows, or a fraction below 1), each routed expert's RD curve is estimated from
+    that many seeded rows, with its standard error in `nrmse_se` (0 for the tensors measured exactly:
+    every other role, whose tensor is a unit by itself).
     """
     rd, features = [], []
     refs = ckpt.refs_in_shard(shard)
@@ -131,8 +188,14 @@ def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=Tru
             if clustered:
                 features.append(dict(ident, analyzed=False, **light_stats(w)))
                 continue
-            rows = rd_rows(w, scale_dtype, clip=clip)
-            feats = tensor_features(w, spectral=spectral)
+            if sample_rows and ref.role == "routed_expert":
+                key = f"{ref.unit}/{ref.name}/{expert}"
+                rows, feats = measure_sampled(w, sample_rows, key, scale_dtype, spectral, clip)
+            else:
+                rows = rd_rows(w, scale_dtype, clip=clip)
+                feats = tensor_features(w, spectral=spectral)
+                if sample_rows:
+                    rows = [dict(row, nrmse_se=0.0, sample_rows=w.shape[0]) for row in rows]
             rd.extend(dict(ident, **row, clip=clip) for row in rows)
             # No timing column: the tables must be byte-identical across runs; `analyze` logs the time.
             features.append(dict(ident, analyzed=True, **feats))
@@ -165,7 +228,7 @@ def write_parquet(df, path):
 
 
 def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOLD, spectral=True,
-            threads=None, rules=None, clip=False):
+            threads=None, rules=None, clip=False, sample_rows=None):
     """Analyse the given shards (default: all) of a checkpoint into `out_dir/<shard>.{rd,features}.parquet`.
 
     Shards whose outputs already exist are skipped, so an interrupted run resumes where it stopped.
@@ -182,11 +245,18 @@ def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOL
         if rd_path.exists() and feat_path.exists():
             continue
         started = time.perf_counter()
-        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral, clip=clip)
+        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral, clip=clip, sample_rows=sample_rows)
         write_parquet(features, feat_path)
         write_parquet(rd, rd_path)
         print(f"{shard}: {len(features)} matrices in {time.perf_counter() - started:.2f} s")
     return out_dir
+
+
+def _sample_rows(text):
+    value = float(text)
+    if value <= 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of rows (>= 1) or a fraction in (0, 1)")
+    return int(value) if value >= 1 else value
 
 
 def load_rules(path):
@@ -210,6 +280,9 @@ def main(argv=None):
                    help="units with more routed experts than this are clustered (default %(default)s)")
     p.add_argument("--no-spectral", dest="spectral", action="store_false", help="skip the randomized SVD features")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--sample-rows", type=_sample_rows, default=None,
+                   help="estimate each routed expert's RD curve from this many seeded rows (or this fraction "
+                        "of its rows, if below 1), with a standard error per config; default: every row (exact)")
     p.add_argument("--clip", action="store_true",
                    help="measure the clip-search quantizer (per-group range shrink, see quantizer.CLIP_RATIOS)")
     p.add_argument("--rules", type=load_rules, default=None,

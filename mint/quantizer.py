@@ -182,22 +182,28 @@ def unpack(packed, bits, n):
     return codes.movedim(0, -1).reshape(*packed.shape[:-1], n).to(torch.uint8)
 
 
-def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False):
+def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, per_row=False):
     """Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
 
     Per-group min/max are computed once per group size and shared by every bit width. Configs whose
     group size does not divide the input dimension get NaN (MLX cannot store them). With `clip`, the
     errors are those of `quantize(..., clip=True)`.
-    Returns (errors float64 [len(configs)], sum of squares of w).
+    Returns (errors float64 [len(configs)], sum of squares of w). With `per_row`, both are kept per
+    row of `w` (errors [len(configs), rows], sums of squares [rows]; groups never span rows), which a
+    sampled estimate's standard error needs (mint/sampling.py).
     """
     w = w.reshape(-1, w.shape[-1])
     rows, cols = w.shape
-    errors = torch.zeros(len(configs), dtype=torch.float64)
-    energy = 0.0
+    errors = torch.zeros((len(configs), rows) if per_row else len(configs), dtype=torch.float64)
+    energy = torch.zeros(rows, dtype=torch.float64) if per_row else 0.0
     chunk = max(1, _CHUNK_ELEMENTS // max(cols, 1))
     for start in range(0, rows, chunk):
         block = w[start : start + chunk].float()
-        energy += float(torch.linalg.vector_norm(block, dtype=torch.float64)) ** 2
+        span = slice(start, start + len(block))
+        if per_row:
+            energy[span] = _row_squares(block)
+        else:
+            energy += float(torch.linalg.vector_norm(block, dtype=torch.float64)) ** 2
         by_group = {}
         for i, (bits, g) in enumerate(configs):
             if (bits, g) == FULL:
@@ -211,14 +217,25 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False):
             groups, w_min, w_max = by_group[g]
             if clip:
                 err = _clipped_scale_bias(groups, w_min, w_max, bits, scale_dtype)[2]
-                errors[i] += float(err.sum(dtype=torch.float64))
+                if per_row:
+                    errors[i, span] = err.sum(-1, dtype=torch.float64)
+                else:
+                    errors[i] += float(err.sum(dtype=torch.float64))
                 continue
             scale, bias = _scale_bias(w_min, w_max, bits, scale_dtype)
             q = _codes(groups, scale, bias, bits)
             err = q.mul_(scale.unsqueeze(-1)).add_(bias.unsqueeze(-1)).sub_(groups)
             # Accumulated in float64 without a float64 copy of the block.
-            errors[i] += float(torch.linalg.vector_norm(err, dtype=torch.float64)) ** 2
+            if per_row:
+                errors[i, span] = _row_squares(err)
+            else:
+                errors[i] += float(torch.linalg.vector_norm(err, dtype=torch.float64)) ** 2
     return errors, energy
+
+
+def _row_squares(t):
+    """Sum of squares of each row of `t` [rows, ...] in float64, without a float64 copy."""
+    return torch.linalg.vector_norm(t.reshape(len(t), -1), dim=-1, dtype=torch.float64).square()
 
 
 def nrmse_sqnr(sq_error, energy):
