@@ -204,11 +204,13 @@ FAITHFUL_MIN_SAFE = "faithful-min-safe"
 SIGNIFICANT_SE = 2.0
 
 
-def variants_table(runs, faithful, variants, budgets):
+def variants_table(runs, faithful, variants, budgets, forced=()):
     """Each variant against `faithful` at equal bytes, per model and budget.
 
     dlogppl = mean over windows of (log PPL of the variant - log PPL of the faithful run): negative
-    is better; z = dlogppl / se. kld_ratio = KLD of the variant / KLD of the faithful run.
+    is better; z = dlogppl / se. kld_ratio = KLD of the variant / KLD of the faithful run. Variants
+    in `forced` have the faithful allocation at the faithful min-safe size (only the solver or the
+    loss differ, and min-safe leaves no choice): that row is the faithful run, verdict "forced".
     """
     rows = []
     for model, group in runs.groupby("model"):
@@ -218,7 +220,8 @@ def variants_table(runs, faithful, variants, budgets):
             if base is None:
                 continue
             for variant in [faithful] + [v for v in variants if v != faithful]:
-                run = base if variant == faithful else by.get((variant, budget))
+                is_forced = variant in forced and budget == FAITHFUL_MIN_SAFE
+                run = base if variant == faithful or is_forced else by.get((variant, budget))
                 if run is None:
                     continue
                 d = paired_comparison(base["windows"], run["windows"])
@@ -227,8 +230,8 @@ def variants_table(runs, faithful, variants, budgets):
                                  avg_bits=run["avg_bits"], ppl_mean=run["ppl_mean"], kld=run["kld"],
                                  kld_ratio=run["kld"] / base["kld"] if base["kld"] > 0 else float("nan"),
                                  dlogppl=d["mean_diff_log_ppl"], se=d["se"], z=z,
-                                 verdict="better" if z < -SIGNIFICANT_SE else "worse" if z > SIGNIFICANT_SE
-                                 else "same"))
+                                 verdict="forced" if is_forced else "better" if z < -SIGNIFICANT_SE
+                                 else "worse" if z > SIGNIFICANT_SE else "same"))
     return pd.DataFrame(rows)
 
 
@@ -275,7 +278,7 @@ def make_plots(runs, results_dir, plots_dir):
 
 
 def make_tables(results, tables, plots_dir, config="config/config.yaml", faithful=None, study=(),
-                study_budgets=()):
+                study_budgets=(), forced=()):
     runs = add_paired(collect_runs(results))
     study_only = set(study) - {"mint", faithful}
     regular = runs[~runs["method"].isin(study_only)]
@@ -289,7 +292,7 @@ def make_tables(results, tables, plots_dir, config="config/config.yaml", faithfu
     write_table(solver_table(runs), tables / "solver", line)
     write_table(clustering_table(runs, results), tables / "clustering", line)
     if faithful and study:
-        table = variants_table(runs, faithful, study, study_budgets)
+        table = variants_table(runs, faithful, study, study_budgets, forced)
         write_table(table, tables / "variants", line)
         write_table(variants_summary(table), tables / "variants_summary", line)
         plots.plot_variants(table, Path(plots_dir) / "variants_kld.png")
@@ -306,6 +309,8 @@ def main(argv=None):
     p.add_argument("--faithful", help="the variant study's faithful reproduction (e.g. mint-greedy)")
     p.add_argument("--study", nargs="*", default=(), help="the variant study's variants")
     p.add_argument("--study-budgets", nargs="*", default=(), help="the variant study's budgets")
+    p.add_argument("--forced", nargs="*", default=(),
+                   help="study variants whose allocation at the faithful min-safe size is the faithful one")
     args = p.parse_args(argv)
     make_tables(**vars(args))
     return 0

@@ -208,12 +208,33 @@ def get_allocations(model):
         config=baseline_configs(model, "uniform"))
 
 
+def options_of(variant):
+    """What decides a variant's options per unit (and so its min-safe allocation)."""
+    v = variant_config(variant)
+    return (v["clip"], v["aggregation"], v["sqnr_floor_db"], tuple(v.get("bits", ())), tuple(v.get("group_sizes", ())))
+
+
+def has_menu(variant):
+    """A variant offering fewer configs; its own min-safe size may lie above the faithful one (a unit
+    whose cheapest safe option is off the menu), so it is not run at the faithful min-safe size."""
+    v = variant_config(variant)
+    return "bits" in v or "group_sizes" in v
+
+
+def forced_at_min_safe():
+    """Study variants whose allocation at the faithful min-safe size is the faithful one: at min-safe
+    every unit takes its cheapest option (no two configs cost the same), so with the same options the
+    solver and the loss cannot change anything. They are not run again there."""
+    return [v for v in STUDY["variants"] if options_of(v) == options_of(STUDY["faithful"])] if STUDY else []
+
+
 def study_runs(model):
     """(variant, budget) of the variant study; the faithful variant at its own min-safe size is its
-    "min-safe" run, not a second identical one."""
+    "min-safe" run, and variants forced to the same allocation there are not run twice."""
     if not STUDY:
         return []
-    runs = [(v, b) for v in [STUDY["faithful"]] + STUDY["variants"] for b in STUDY["budgets"]]
+    runs = [(v, b) for v in [STUDY["faithful"]] + STUDY["variants"] for b in STUDY["budgets"]
+            if not (b == FAITHFUL_MIN_SAFE and (v in forced_at_min_safe() or has_menu(v)))]
     return [(v, "min-safe" if (v, b) == (STUDY["faithful"], FAITHFUL_MIN_SAFE) else b) for v, b in runs]
 
 
@@ -235,5 +256,6 @@ def get_study_flags():
     """`mint tables` flags naming the variant study (empty without one)."""
     if not STUDY:
         return ""
+    forced = forced_at_min_safe()
     return (f"--faithful {STUDY['faithful']} --study {' '.join(STUDY['variants'])}"
-            f" --study-budgets {' '.join(STUDY['budgets'])}")
+            f" --study-budgets {' '.join(STUDY['budgets'])}" + (f" --forced {' '.join(forced)}" if forced else ""))
