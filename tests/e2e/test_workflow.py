@@ -1,6 +1,7 @@
 """The Snakemake workflow end to end: a user's model from a config entry through to a table row,
 incremental reruns, and the cluster dispatch path."""
 
+import json
 import os
 import re
 import shutil
@@ -91,3 +92,37 @@ def test_cluster_dispatch_through_the_generic_executor(workdir, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(submitted.read_text().splitlines()) >= 2   # every shard's analysis, then experts
     assert (workdir / "results/my-tiny/units/units.parquet").exists()
+
+
+@pytest.mark.slow
+def test_variant_study_runs_every_switch_to_the_variants_table(workdir):
+    """Issue 9's study from config switches alone: clip search (its own analysis), another aggregation,
+    the output loss (its own importance table), a menu; the table compares each with the faithful run."""
+    write_config(workdir, ["min-safe", "4.5bpw"])
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["models"]["my-tiny"]["variants"] = ["mint", "mint-greedy"]
+    config["variants"].update({
+        "mint-greedy": {"solver": "greedy"},
+        "greedy-clip-q90": {"solver": "greedy", "clip": True, "aggregation": "q90"},
+        "greedy-output": {"solver": "greedy", "loss": "output"},
+        "greedy-no-g32": {"solver": "greedy", "group_sizes": [64, 128]},
+    })
+    config["variant_study"] = {"faithful": "mint-greedy", "variants": ["greedy-clip-q90", "greedy-output",
+                                                                      "greedy-no-g32"],
+                               "budgets": ["faithful-min-safe", "4.5bpw"]}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(workdir, "--cores", "2", "results/tables")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = workdir / "results/my-tiny"
+    assert list((results / "analysis-clip").glob("*.rd.parquet")) and (results / "importance.parquet").exists()
+    clip = json.loads((results / "alloc/greedy-clip-q90/faithful-min-safe.json").read_text())
+    faithful = json.loads((results / "alloc/mint-greedy/min-safe.json").read_text())
+    assert clip["clip"] is True and clip["budget_bytes"] == faithful["total_bytes"]
+    assert json.loads((results / "alloc/greedy-output/4.5bpw.json").read_text())["loss"] == "output"
+    table = pd.read_csv(workdir / "results/tables/variants.csv")
+    got = set(zip(table["variant"], table["budget"], table["verdict"].where(table["verdict"] == "forced", "-")))
+    assert got == {("mint-greedy", "faithful-min-safe", "-"), ("mint-greedy", "4.5bpw", "-"),
+                   ("greedy-clip-q90", "faithful-min-safe", "-"), ("greedy-clip-q90", "4.5bpw", "-"),
+                   ("greedy-output", "faithful-min-safe", "forced"), ("greedy-output", "4.5bpw", "-"),
+                   ("greedy-no-g32", "4.5bpw", "-")}
+    assert (table.loc[table["variant"] == "mint-greedy", "dlogppl"] == 0).all()
