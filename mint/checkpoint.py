@@ -411,9 +411,12 @@ class Checkpoint:
         if ref.shard not in self._spans:
             with open(path, "rb") as f:
                 start = 8 + int.from_bytes(f.read(8), "little")
-            self._spans[ref.shard] = (start, {k: tuple(v["data_offsets"]) for k, v in read_header(path).items()})
+            # This file's own offsets and dtypes: a ref of another checkpoint with the same tensor names
+            # (a dequantized copy in float32, say) reads what this file holds.
+            self._spans[ref.shard] = (start, {k: (*v["data_offsets"], v["dtype"])
+                                              for k, v in read_header(path).items()})
         start, spans = self._spans[ref.shard]
-        begin, end = spans[ref.name]
+        begin, end, dtype = spans[ref.name]
         shape = list(ref.shape)
         if expert is not None:
             slab = (end - begin) // shape[0]
@@ -423,7 +426,7 @@ class Checkpoint:
             f.seek(start + begin)
             if f.readinto(buf) != len(buf):
                 raise OSError(f"file ends before the {end - begin} bytes of {ref.name!r}")
-        t = torch.frombuffer(buf, dtype=DTYPES[ref.dtype]) if buf else torch.empty(0, dtype=DTYPES[ref.dtype])
+        t = torch.frombuffer(buf, dtype=DTYPES[dtype]) if buf else torch.empty(0, dtype=DTYPES[dtype])
         t = t.reshape(shape)
         if ref.split is not None:
             index = _slices(ref, None)
