@@ -21,6 +21,8 @@ from tqdm import tqdm
 QWEN3_30B = dict(hidden_size=2048, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
                  num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936)
 INIT_STD = 0.02
+# Tensors that start a shard of their own (the final norm joins the head).
+_OWN_SHARD = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
 
 
 def heavy_tailed(shape, gen, dof=3):
@@ -87,9 +89,12 @@ def synth(out, num_layers=1, planted=3, shard_gib=2.0, seed=0, progress=True, **
         else:
             t = torch.randn(dims, generator=gen) * INIT_STD
         t = t.bfloat16()
-        if current and size + t.numel() * 2 > limit:
-            flush()
-            size = 0
+        # The embedding and the head (with the final norm) get shards of their own, so that a
+        # benchmark can tell the per-layer cost from the fixed one by timing shards.
+        if current and (size + t.numel() * 2 > limit or name in _OWN_SHARD or set(current) & _OWN_SHARD):
+            if not (name == "lm_head.weight" and set(current) == {"model.norm.weight"}):
+                flush()
+                size = 0
         current[name] = t
         size += t.numel() * 2
     flush()

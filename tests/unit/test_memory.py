@@ -1,4 +1,9 @@
-"""`mint analyze` streams: its peak memory stays near one tensor's working set, not the model's size."""
+"""The stages stream: peak memory stays near one tensor's working set, not the model's size.
+
+`mint analyze` on two model sizes; and analyze (exact and sampled), experts, allocate and export of a
+Qwen3-MoE-layout model several times larger than a memory limit set on the process (RLIMIT_DATA),
+which a stage that held the model, or a shard, could not stay under.
+"""
 
 import subprocess
 import sys
@@ -55,3 +60,53 @@ def test_analyze_peak_memory_does_not_grow_with_the_model(tmp_path):
     # weights; a streaming one adds only noise (measured here: tens of MiB either way).
     assert large_growth < small_growth + 0.25 * (large_mib - small_mib), (small_growth, large_growth)
     assert large_growth < 0.5 * large_mib
+
+
+PIPELINE = r"""
+import resource, sys
+from pathlib import Path
+from mint import analyze, experts, export
+from mint.allocate import allocate_files
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def pipeline(ckpt, out):
+    analyze.analyze(ckpt, out / "a-exact", spectral=False, cluster_threshold=1000)
+    analyze.analyze(ckpt, out / "a-sampled", spectral=False, cluster_threshold=1000, sample_rows=64)
+    analyze.analyze(ckpt, out / "a", spectral=False)
+    experts.build_units(ckpt, out / "a", out / "u", spectral=False)
+    allocate_files([str(out / "u" / "units.parquet")], "4.5bpw", str(out / "alloc.json"))
+    export.quantize_files(ckpt, str(out / "alloc.json"), str(out / "mlx"))
+
+warm, target, out, budget = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+# Warm up on the small model (imports, thread pools, allocator arenas), then allow `budget` bytes
+# more of data segment than that, reset the peak and run the large one.
+pipeline(warm, out / "warm-run")
+resource.setrlimit(resource.RLIMIT_DATA, (status("VmData:") + budget, resource.RLIM_INFINITY))
+Path("/proc/self/clear_refs").write_text("5")
+base = status("VmRSS:")
+pipeline(target, out / "large-run")
+print(status("VmHWM:") - base)
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_runs_in_a_fraction_of_the_model_size(tmp_path):
+    from mint.synth import synth
+
+    shape = dict(num_experts=64, hidden_size=512, moe_intermediate_size=512, vocab_size=8192,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=128)
+    synth(tmp_path / "small", num_layers=1, shard_gib=0.05, progress=False, **shape)
+    large = synth(tmp_path / "large", num_layers=6, shard_gib=0.25, progress=False, **shape)
+    budget = 160 * 2**20
+    assert large["bytes"] > 3.5 * budget   # about 620 MB of bf16 weights in 3 shards of 250 MB
+    run = subprocess.run([sys.executable, "-c", PIPELINE, str(tmp_path / "small"), large["path"],
+                          str(tmp_path / "work"), str(budget)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]   # a MemoryError here means a stage held too much
+    growth = int(run.stdout.strip().splitlines()[-1])
+    # The resident peak rises by far less than the model (and than one shard).
+    assert growth < budget, growth / 2**20
+    assert list((tmp_path / "work" / "large-run" / "mlx").glob("*.safetensors"))
