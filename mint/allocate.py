@@ -724,6 +724,8 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
                        "nrmse", "sqnr_db"]].astype({"prior": object})
     # JSON has no infinity: an infinite prior (always 16-bit) is written as null.
     per_unit.loc[~np.isfinite(chosen["prior"].to_numpy(float)), "prior"] = None
+    if "clip" in chosen:
+        per_unit["clip"] = chosen["clip"].fillna(False).astype(bool).to_numpy()
     total = int(chosen["bytes"].sum())
     objective = float(chosen["cost"].sum())
     gap_abs = max(0.0, objective - solved["best_bound"])
@@ -748,8 +750,8 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         "sqnr_floor_db": float(sqnr_floor_db),
         "loss": loss,
         "menu": None if menu is None else [list(c) for c in sorted(menu)],
-        # The exporter quantizes the way the curves were measured (plain range or clip search).
-        "clip": bool(units["clip"].any()) if "clip" in units else False,
+        # The exporter quantizes each unit the way its curve was measured (plain range or clip search).
+        "clip": bool(chosen["clip"].any()) if "clip" in chosen else False,
         "priors": {k: (v if math.isfinite(v) else None) for k, v in effective.items()},
         "bit_distribution": {str(int(b)): float(p / n_params) for b, p in params_at.items()},
         "units": per_unit.to_dict("records"),

@@ -196,7 +196,7 @@ def analyze_shard(ckpt, shard, cluster_threshold=CLUSTER_THRESHOLD, spectral=Tru
                 feats = tensor_features(w, spectral=spectral)
                 if sample_rows:
                     rows = [dict(row, nrmse_se=0.0, sample_rows=w.shape[0]) for row in rows]
-            rd.extend(dict(ident, **row, clip=clip) for row in rows)
+            rd.extend(dict(ident, **row) for row in rows)
             # No timing column: the tables must be byte-identical across runs; `analyze` logs the time.
             features.append(dict(ident, analyzed=True, **feats))
     return pd.DataFrame(rd), pd.DataFrame(features)
@@ -283,8 +283,9 @@ def main(argv=None):
     p.add_argument("--sample-rows", type=_sample_rows, default=None,
                    help="estimate each routed expert's RD curve from this many seeded rows (or this fraction "
                         "of its rows, if below 1), with a standard error per config; default: every row (exact)")
-    p.add_argument("--clip", action="store_true",
-                   help="measure the clip-search quantizer (per-group range shrink, see quantizer.CLIP_RATIOS)")
+    p.add_argument("--clip", nargs="?", type=int, const=True, default=False, metavar="MAX_BITS",
+                   help="measure the clip-search quantizer (per-group range shrink, see quantizer.CLIP_RATIOS):"
+                        " for every config, or with MAX_BITS only for configs of at most that many bits")
     p.add_argument("--rules", type=load_rules, default=None,
                    help="JSON file of extra classification rules for an unknown architecture")
     args = p.parse_args(argv)

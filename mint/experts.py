@@ -87,7 +87,7 @@ def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True, 
                                  is_representative=reps[label] == pos, distance=float(distance[pos]),
                                  **{f: row[f] for f in CLUSTER_FEATURES}))
             ident = row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]].to_dict()
-            rd.extend(dict(ident, **point, clip=clip) for point in curves[label])
+            rd.extend(dict(ident, **point) for point in curves[label])
     return pd.DataFrame(clusters), pd.DataFrame(rd), pd.DataFrame(feats)
 
 
@@ -99,12 +99,15 @@ def aggregate_units(rd, aggregation="max"):
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    rd = rd.assign(weighted=rd["nrmse"] * rd["n_params"])
+    clip = rd["clip"].fillna(False).astype(bool) if "clip" in rd else False
+    rd = rd.assign(weighted=rd["nrmse"] * rd["n_params"], clip=clip)
     members = rd.groupby("unit", sort=False)["expert"].nunique().rename("n_members")
     grouped = rd.groupby(["unit", "bits", "group_size"], sort=False)
     units = grouped.agg(role=("role", "first"), layer=("layer", "first"), n_params=("n_params", "sum"),
                         n_rows=("expert", "size"), bytes=("bytes", "sum"), nrmse=("nrmse", "max"),
-                        weighted=("weighted", "sum"), sqnr_db=("sqnr_db", "min")).reset_index()
+                        weighted=("weighted", "sum"), sqnr_db=("sqnr_db", "min"),
+                        # the exporter must quantize the way a config was measured
+                        clip=("clip", "first")).reset_index()
     if aggregation == "q90":
         q90 = grouped["nrmse"].quantile(0.9)
         units["nrmse"] = q90.reindex(pd.MultiIndex.from_frame(units[["unit", "bits", "group_size"]])).to_numpy()
@@ -139,8 +142,10 @@ def build_units(checkpoint, analysis_dir, out_dir, k=CLUSTERS_PER_UNIT, seed=0, 
     rd = read_tables(analysis_dir, "rd")
     features = read_tables(analysis_dir, "features")
     pending = features[~features["analyzed"]] if len(features) else features
-    # Representatives are measured with the quantizer the analysis measured (plain or clip search).
-    clip = bool(rd["clip"].fillna(False).any()) if "clip" in rd else False
+    # Representatives are measured with the quantizer the analysis measured: clip search up to the
+    # largest bit width it was used for (True for every width), or none.
+    clipped = rd.loc[rd["clip"].fillna(False).astype(bool), "bits"] if "clip" in rd else []
+    clip = False if len(clipped) == 0 else True if clipped.max() >= max(quantizer.BITS) else int(clipped.max())
     clusters = pd.DataFrame(columns=["unit", "layer", "proj", "expert", "cluster", "representative",
                                      "is_representative", "distance", *CLUSTER_FEATURES])
     if len(pending):
@@ -148,7 +153,6 @@ def build_units(checkpoint, analysis_dir, out_dir, k=CLUSTERS_PER_UNIT, seed=0, 
         rd = pd.concat([rd, rep_rd], ignore_index=True)
         features = pd.concat([features[features["analyzed"]], rep_feats], ignore_index=True)
     units = aggregate_units(rd, aggregation)
-    units["clip"] = clip  # the exporter must quantize the way these curves were measured
     out_dir = Path(out_dir)
     write_parquet(rd, out_dir / "experts.parquet")
     write_parquet(features, out_dir / "features.parquet")

@@ -106,6 +106,13 @@ def unit_configs(ckpt, allocation):
     return {u: configs.get(u, FULL) for u in units}
 
 
+def clipped_units(allocation):
+    """Units to quantize with the clip search: each unit's own `clip`, else the allocation's (older
+    allocations mark only the whole allocation)."""
+    default = bool(allocation.get("clip", False))
+    return {e["unit"] for e in allocation.get("units", []) if isinstance(e, dict) and e.get("clip", default)}
+
+
 def _override(config):
     return False if config == FULL else {"bits": config[0], "group_size": config[1]}
 
@@ -397,10 +404,11 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
     return w_hat
 
 
-def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=False):
+def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=None):
     """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy.
 
-    With `clip`, groups take the clip-search range (`quantizer.quantize(clip=True)`)."""
+    Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`)."""
+    clip = clip or set()
     for name, refs in _disk_tensors(ckpt).items():
         fused = refs[0].n_experts > 1
         for e in range(refs[0].n_experts) if fused else [None]:
@@ -409,7 +417,7 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
                 w = _matrix(ckpt, ref, e)
                 expert = e if fused else (ref.expert or 0)
                 parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
-                                        hf_writer is not None, clip))
+                                        hf_writer is not None, ref.unit in clip))
             if hf_writer is not None:
                 first_row = 0 if e is None else e * refs[0].shape[-2]
                 hf_writer.write(name, _disk_layout(refs, parts).to(dequant_dtype), first_row)
@@ -491,7 +499,7 @@ def export(
         ckpt: a Checkpoint.
         allocation: dict with `units` [{unit, bits, group_size}] (bits 16 = keep 16-bit) and optionally
             the mlx-lm `quantization` dict, which is checked against the units (built when absent),
-            and `clip` (true: quantize with the per-group clip search, as the curves were measured).
+            and `clip` per unit (true: quantize with the per-group clip search, as its curve was measured).
         mlx_out: folder for mlx-lm.
         dequant_out: folder for transformers (same names and layout as the checkpoint), or None.
         dtype16: dtype of scales, biases and 16-bit tensors; default the checkpoint's 16-bit dtype
@@ -529,7 +537,7 @@ def export(
         # An allocation made from clip-search curves is exported with clip search: the weights
         # written are the weights that were measured.
         write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype,
-                      clip=bool(allocation.get("clip", False)))
+                      clip=clipped_units(allocation))
         for writer in writers:
             writer.close()
 

@@ -91,6 +91,13 @@ def _codes(groups, scale, bias, bits):
     return q.masked_fill_(zero, 0) if bool(zero.any()) else q
 
 
+def clips(clip, bits):
+    """Whether a config of `bits` uses the clip search under the setting `clip`: False (never), True
+    (always) or an int (configs of at most that many bits: where rounding noise dominates, clipping
+    a few large weights pays; at more bits those weights matter more than the noise they save)."""
+    return clip if isinstance(clip, bool) else bits <= int(clip)
+
+
 def _clipped_scale_bias(groups, w_min, w_max, bits, scale_dtype, ratios=CLIP_RATIOS):
     """Per group, the scale and bias of the clip ratio with the least squared error.
 
@@ -186,8 +193,8 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, pe
     """Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
 
     Per-group min/max are computed once per group size and shared by every bit width. Configs whose
-    group size does not divide the input dimension get NaN (MLX cannot store them). With `clip`, the
-    errors are those of `quantize(..., clip=True)`.
+    group size does not divide the input dimension get NaN (MLX cannot store them). Configs that
+    `clips(clip, bits)` get the errors of `quantize(..., clip=True)`.
     Returns (errors float64 [len(configs)], sum of squares of w). With `per_row`, both are kept per
     row of `w` (errors [len(configs), rows], sums of squares [rows]; groups never span rows), which a
     sampled estimate's standard error needs (mint/sampling.py).
@@ -215,7 +222,7 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, pe
                 groups = block.reshape(block.shape[0], -1, g)
                 by_group[g] = (groups, *torch.aminmax(groups, dim=-1))
             groups, w_min, w_max = by_group[g]
-            if clip:
+            if clips(clip, bits):
                 err = _clipped_scale_bias(groups, w_min, w_max, bits, scale_dtype)[2]
                 if per_row:
                     errors[i, span] = err.sum(-1, dtype=torch.float64)
@@ -249,7 +256,8 @@ def nrmse_sqnr(sq_error, energy):
 
 
 def rd_curve(w, configs=ALL_CONFIGS, scale_dtype=torch.float16, clip=False):
-    """Rate-distortion curve of one 2-D tensor: a list of dicts (bits, group_size, bytes, nrmse, sqnr_db).
+    """Rate-distortion curve of one 2-D tensor: a list of dicts (bits, group_size, bytes, nrmse, sqnr_db,
+    clip), `clip` telling whether that config was measured with the clip search (see `clips`).
 
     16-bit has NRMSE 0 by definition (the checkpoint's own 16-bit values are the reference).
     """
@@ -259,5 +267,6 @@ def rd_curve(w, configs=ALL_CONFIGS, scale_dtype=torch.float16, clip=False):
     for (bits, g), err in zip(configs, errors.tolist()):
         nrmse, sqnr = (0.0, EXACT_SQNR_DB) if (bits, g) == FULL else nrmse_sqnr(err, energy)
         size = tensor_bytes(n, bits, g) if fits(w.shape[-1], g) else None
-        curve.append(dict(bits=bits, group_size=g, bytes=size, nrmse=nrmse, sqnr_db=sqnr))
+        curve.append(dict(bits=bits, group_size=g, bytes=size, nrmse=nrmse, sqnr_db=sqnr,
+                          clip=(bits, g) != FULL and clips(clip, bits)))
     return curve

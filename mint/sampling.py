@@ -121,5 +121,6 @@ def sampled_rd_curve(w, n, key, scale_dtype=torch.float16, configs=quantizer.ALL
         else:
             sqnr = -20 * math.log10(value)
         curve.append(dict(bits=bits, group_size=g, bytes=quantizer.tensor_bytes(w.numel(), bits, g),
-                          nrmse=value, sqnr_db=sqnr, nrmse_se=stderr, sample_rows=len(rows)))
+                          nrmse=value, sqnr_db=sqnr, nrmse_se=stderr, sample_rows=len(rows),
+                          clip=(bits, g) != quantizer.FULL and quantizer.clips(clip, bits)))
     return curve

@@ -61,7 +61,7 @@ def test_clip_search_reaches_representatives_and_units(tmp_path):
     analyze.analyze(ckpt_dir, tmp_path / "clip" / "analysis", spectral=False, clip=True)
     clipped = experts.build_units(ckpt_dir, tmp_path / "clip" / "analysis", tmp_path / "clip" / "units", k=4,
                                   spectral=False)
-    assert not plain["clip"].any() and clipped["clip"].all()
+    assert not plain["clip"].any() and (clipped["clip"] == (clipped["bits"] < 16)).all()
     key = ["unit", "bits", "group_size"]
     both = plain.merge(clipped, on=key, suffixes=("_plain", "_clip"))
     quantized = both[both["bits"] < 16]
@@ -69,6 +69,14 @@ def test_clip_search_reaches_representatives_and_units(tmp_path):
     assert (quantized["nrmse_clip"] <= quantized["nrmse_plain"] * (1 + 1e-6)).all()
     experts_2bit = quantized[(quantized["bits"] == 2) & quantized["unit"].str.contains("switch_mlp")]
     assert (experts_2bit["nrmse_clip"] < experts_2bit["nrmse_plain"]).all()
+    # Clip search up to 3 bits: representatives too, and 4 bits and up stay plain.
+    analyze.analyze(ckpt_dir, tmp_path / "low" / "analysis", spectral=False, clip=3)
+    low = experts.build_units(ckpt_dir, tmp_path / "low" / "analysis", tmp_path / "low" / "units", k=4,
+                              spectral=False)
+    both = low.merge(clipped, on=key, suffixes=("_low", "_clip")).merge(plain, on=key)
+    assert (low["clip"] == low["bits"].between(2, 3)).all()
+    assert (both.loc[both["bits"] <= 3, "nrmse_low"] == both.loc[both["bits"] <= 3, "nrmse_clip"]).all()
+    assert (both.loc[both["bits"] > 3, "nrmse_low"] == both.loc[both["bits"] > 3, "nrmse"]).all()
 
 
 def plant_heavy_tailed_expert(ckpt_dir, name, seed=0):

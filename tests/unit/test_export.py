@@ -287,10 +287,13 @@ def test_clip_search_allocation_is_exported_as_measured(tmp_path):
     from mint import allocate, analyze, experts
 
     path = make_tiny_checkpoint("mixtral", tmp_path / "ckpt", num_experts=E, hidden=128, intermediate=128)
-    analyze.analyze(path, tmp_path / "analysis", spectral=False, clip=True)
+    # Clip search up to 3 bits: each unit is exported the way its chosen config was measured.
+    analyze.analyze(path, tmp_path / "analysis", spectral=False, clip=3)
     units = experts.build_units(path, tmp_path / "analysis", tmp_path / "units", spectral=False)
     alloc = allocate.allocate(units, "3.5bpw", sqnr_floor_db=0)
     assert alloc["clip"] is True
+    assert all(u["clip"] == (2 <= u["bits"] <= 3) for u in alloc["units"])
+    assert {u["bits"] for u in alloc["units"]} & {2, 3} and {u["bits"] for u in alloc["units"]} - {2, 3, 16}
     ckpt = Checkpoint(path)
     ex.export(ckpt, alloc, tmp_path / "mlx", tmp_path / "hf")
     out = Checkpoint(tmp_path / "hf")

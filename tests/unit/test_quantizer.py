@@ -193,3 +193,17 @@ def test_clip_search_matches_brute_force_and_never_hurts(bits):
         assert rebuilt == pytest.approx(float(clipped[i]), rel=1e-5)
     # At 2-3 bits on heavy tails the search finds real gains, not just ties.
     assert clipped[0] < 0.95 * plain[0]
+
+
+def test_clip_up_to_a_bit_width():
+    """clip=3 searches the range of 2- and 3-bit configs only; the curve says which were clipped."""
+    torch.manual_seed(0)
+    w = (torch.distributions.StudentT(3.0).sample((16, 128)) * 0.02).to(torch.bfloat16)
+    every = {(p["bits"], p["group_size"]): p for p in qz.rd_curve(w, scale_dtype=torch.bfloat16, clip=True)}
+    plain = {(p["bits"], p["group_size"]): p for p in qz.rd_curve(w, scale_dtype=torch.bfloat16)}
+    low = {(p["bits"], p["group_size"]): p for p in qz.rd_curve(w, scale_dtype=torch.bfloat16, clip=3)}
+    for config, point in low.items():
+        source = every if config[0] <= 3 and config != qz.FULL else plain
+        assert point["nrmse"] == source[config]["nrmse"] and point["clip"] == source[config]["clip"]
+        assert point["clip"] == (config[0] <= 3)
+    assert not qz.clips(False, 2) and qz.clips(True, 8) and qz.clips(4, 4) and not qz.clips(4, 5)

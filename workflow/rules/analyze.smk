@@ -58,18 +58,20 @@ rule experts:
 # Variants (issue 9): the same analysis measured with the clip-search quantizer...
 use rule analyze as analyze_clip with:
     output:
-        rd="results/{model}/analysis-clip/{shard}.rd.parquet",
-        features="results/{model}/analysis-clip/{shard}.features.parquet",
+        rd="results/{model}/analysis-{clip}/{shard}.rd.parquet",
+        features="results/{model}/analysis-{clip}/{shard}.features.parquet",
+    wildcard_constraints:
+        clip=alternatives(CLIP_TAGS),
     params:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
         threshold=config["analysis"]["cluster_threshold"],
         spectral="" if config["analysis"]["spectral"] else "--no-spectral",
-        extra="--clip",
-        out="analysis-clip",
+        extra=lambda wc: "--clip" if wc.clip == "clip" else f"--clip {wc.clip[len('clip'):]}",
+        out=lambda wc: f"analysis-{wc.clip}",
     log:
-        "logs/{model}/analyze-clip/{shard}.log",
+        "logs/{model}/analyze-{clip}/{shard}.log",
     benchmark:
-        "results/benchmarks/{model}/analyze-clip/{shard}.tsv"
+        "results/benchmarks/{model}/analyze-{clip}/{shard}.tsv"
 
 
 # ...and units aggregated another way, or from the clip-search analysis ("units-clip-mean", ...).
@@ -90,7 +92,7 @@ use rule experts as experts_variant with:
         seed=config["analysis"]["seed"],
         aggregation=get_units_aggregation,
         spectral="" if config["analysis"]["spectral"] else "--no-spectral",
-        analysis=lambda wc: "analysis-clip" if wc.tag.split("-")[1:2] == ["clip"] else "analysis",
+        analysis=lambda wc: units_analysis(wc.tag),
         out=lambda wc: wc.tag,
     log:
         "logs/{model}/experts-{tag}.log",

@@ -112,16 +112,22 @@ def get_variant(wildcards):
     return variant_config(wildcards.variant)
 
 
+def clip_tag(clip):
+    """"clip" (clip search for every config), "clip3" (up to 3 bits), or "" (none)."""
+    return "" if clip is False else "clip" if clip is True else f"clip{int(clip)}"
+
+
 def units_tag(variant):
     """Which units table a variant allocates from: "units" (the default analysis), else
     "units-<changes>" for clip search and/or another aggregation."""
     v = variant_config(variant)
-    changes = (["clip"] if v["clip"] else []) + (
+    changes = ([clip_tag(v["clip"])] if v["clip"] is not False else []) + (
         [v["aggregation"]] if v["aggregation"] != config["analysis"]["aggregation"] else [])
     return "-".join(["units"] + changes)
 
 
 UNITS_TAGS = sorted({units_tag(v) for v in VARIANTS} - {"units"})
+CLIP_TAGS = sorted({clip_tag(variant_config(v)["clip"]) for v in VARIANTS} - {""})
 
 
 def get_variant_units(wildcards):
@@ -145,15 +151,20 @@ def get_variant_flags(wildcards):
     return " ".join(flags)
 
 
+def units_analysis(tag):
+    """The analysis folder a units folder is built from: clip-search curves or plain ones."""
+    first = tag.split("-")[1:2]
+    return f"analysis-{first[0]}" if first and first[0].startswith("clip") else "analysis"
+
+
 def get_units_analysis(wildcards):
-    """The analysis tables a units folder is built from: clip-search curves or plain ones."""
-    folder = "analysis-clip" if wildcards.tag.split("-")[1:2] == ["clip"] else "analysis"
+    folder = units_analysis(wildcards.tag)
     return expand("results/{model}/{folder}/{shard}.{kind}.parquet", model=wildcards.model, folder=folder,
                   shard=get_shards(wildcards.model), kind=["rd", "features"])
 
 
 def get_units_aggregation(wildcards):
-    rest = [t for t in wildcards.tag.split("-")[1:] if t != "clip"]
+    rest = [t for t in wildcards.tag.split("-")[1:] if not t.startswith("clip")]
     return rest[0] if rest else config["analysis"]["aggregation"]
 
 
