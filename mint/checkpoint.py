@@ -434,14 +434,24 @@ class Checkpoint:
         return t
 
 
+# Weights checked for NaN/Inf per piece (4 MiB of float32 temporaries).
+_FINITE_CHUNK = 1 << 20
+
+
 def _all_finite(t):
     """True when no value of `t` is NaN or Inf.
 
     A float32 sum is finite exactly when every value is (NaN and Inf propagate) unless it overflows,
     so the exact check runs only then: 0.4 ms instead of 10-30 ms for torch.isfinite on a bf16
-    expert of 768 x 2048, which would otherwise be most of the time spent reading it.
+    expert of 768 x 2048, which would otherwise be most of the time spent reading it. In pieces, so
+    that a 300M-weight embedding needs megabytes of temporaries, not a float32 copy of itself.
     """
-    return bool(t.float().sum().isfinite()) or bool(torch.isfinite(t).all())
+    x = t.reshape(-1)
+    for i in range(0, x.numel(), _FINITE_CHUNK):
+        piece = x[i : i + _FINITE_CHUNK]
+        if not (bool(piece.float().sum().isfinite()) or bool(torch.isfinite(piece).all())):
+            return False
+    return True
 
 
 def _dtype_message(path, name, dtype):
