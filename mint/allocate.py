@@ -661,7 +661,7 @@ def quantization_dict(chosen):
 
 
 def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=None,
-             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None, rho=None):
+             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None, rho=None, raised_floor_db=None):
     """Choose one option per unit within `budget` (METHOD.md §4).
 
     Args:
@@ -674,6 +674,9 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         loss: "nrmse" (published), "mse" (squared NRMSE) or "output" (rho-weighted), see LOSSES.
         rho: output weights by unit (a Series, from `mint importance`) for loss "output".
         menu: a set of (bits, group_size) the runtime should use (see `config_menu`); None: all.
+        raised_floor_db: a second, higher floor, used instead of `sqnr_floor_db` whenever the budget
+            can give every unit that much (None: the floor is fixed). Near the floor a unit's error
+            is larger than its NRMSE cost suggests; where the budget allows, no unit goes there.
     Returns:
         A JSON-serializable dict: sizes, objective, LP bound, gap, time, per-unit choices and the
         mlx-lm `quantization` dict. gap_abs bounds objective - optimum (0: proven optimal).
@@ -690,6 +693,10 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
     size16 = size16_bytes(units)
     min_safe = int(options.groupby("uid")["bytes"].min().sum())
     budget_bytes = parse_budget(budget, n_params, size16, min_safe)
+    if raised_floor_db is not None and raised_floor_db > sqnr_floor_db:
+        raised = candidate_options(units, raised_floor_db, priors, loss, menu, rho).reset_index(drop=True)
+        if int(raised.groupby("uid")["bytes"].min().sum()) <= budget_bytes:
+            sqnr_floor_db, options = raised_floor_db, raised
     if budget_bytes < min_safe:
         raise BudgetError(
             f"budget {budget!r} = {budget_bytes} bytes is below the min-safe size "
@@ -747,7 +754,8 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         "gap_rel": gap_abs / objective if objective > 0 else 0.0,
         "solve_seconds": seconds,
         "free_units": int(solved["free_units"]),   # left by reduced-cost fixing (exact solver)
-        "sqnr_floor_db": float(sqnr_floor_db),
+        "sqnr_floor_db": float(sqnr_floor_db),   # the floor applied (the raised one if it was)
+        "raised_floor_db": None if raised_floor_db is None else float(raised_floor_db),
         "loss": loss,
         "menu": None if menu is None else [list(c) for c in sorted(menu)],
         # The exporter quantizes each unit the way its curve was measured (plain range or clip search).
@@ -812,12 +820,13 @@ def summary(result):
 
 
 def allocate_files(units, budget, out, solver="exact", sqnr_floor=SQNR_FLOOR_DB, prior=None,
-                   time_limit=TIME_LIMIT_S, loss="nrmse", bits=None, group_sizes=None, importance=None):
+                   time_limit=TIME_LIMIT_S, loss="nrmse", bits=None, group_sizes=None, importance=None,
+                   raised_floor=None):
     """Read the tables, allocate, write the JSON to `out`; returns the result."""
     priors = dict(prior or [])
     rho = pd.read_parquet(importance).set_index("unit")["rho"] if importance else None
     result = allocate(load_units(units), budget, solver, sqnr_floor, priors, time_limit, loss,
-                      config_menu(bits, group_sizes), rho)
+                      config_menu(bits, group_sizes), rho, raised_floor)
     write_allocation(result, out, drop=RUN_KEYS)
     return result
 
@@ -868,6 +877,8 @@ def main(argv=None):
     parser.add_argument("--bits", type=int, nargs="+", choices=BITS, help="offer only these bit widths")
     parser.add_argument("--group-sizes", type=int, nargs="+", choices=GROUP_SIZES,
                         help="offer only these group sizes (e.g. 64 128: no g32, faster kernels)")
+    parser.add_argument("--raised-floor", type=float, default=None, metavar="DB",
+                        help="use this higher SQNR floor instead whenever the budget can give every unit that much")
     parser.add_argument("--out", required=True, help="allocation JSON to write")
     args = parser.parse_args(argv)
     try:

@@ -401,3 +401,15 @@ def test_menu_rejects_unsupported_configs():
         A.config_menu(group_sizes=[48])
     with pytest.raises(ValueError, match="bits"):
         A.config_menu(bits=[7])
+
+
+def test_raised_floor_applies_only_where_the_budget_allows_it():
+    units = model_units(40, seed=3)
+    low, high = A.min_safe_bytes(units, 9.0), A.min_safe_bytes(units, 12.0)
+    assert low < high
+    for budget in (low, (low + high) // 2, high, 2 * high):
+        got = A.allocate(units, budget, sqnr_floor_db=9.0, raised_floor_db=12.0)
+        floor = 12.0 if budget >= high else 9.0
+        want = A.allocate(units, budget, sqnr_floor_db=floor)
+        assert got["sqnr_floor_db"] == floor and got["objective"] == pytest.approx(want["objective"])
+        assert min(u["sqnr_db"] for u in got["units"]) >= floor

@@ -148,6 +148,7 @@ def get_variant_flags(wildcards):
     flags += [f"--importance results/{wildcards.model}/importance.parquet"] if v["loss"] == "output" else []
     flags += [f"--bits {' '.join(map(str, v['bits']))}"] if "bits" in v else []
     flags += [f"--group-sizes {' '.join(map(str, v['group_sizes']))}"] if "group_sizes" in v else []
+    flags += [f"--raised-floor {v['raised_floor_db']}"] if "raised_floor_db" in v else []
     return " ".join(flags)
 
 
