@@ -321,7 +321,7 @@ def main():
             analysis = (mode[f"fixed_{clock}"] + FULL_LAYERS * mode[f"layer_{clock}"]
                         + FULL_SHARDS * mode[f"startup_{clock}"]) / args.workers
             startup = startup_wall if clock == "wall" else startup_cpu
-            experts_s = startup + (mode[f"experts_{clock}"] - startup) * FULL_LAYERS / args.layers
+            experts_s = startup + max(0.0, mode[f"experts_{clock}"] - startup) * FULL_LAYERS / args.layers
             total = analysis + experts_s
             line.append(f"{clock:>4}: analyze {analysis / 60:5.1f} + experts {experts_s / 60:4.1f} = {total / 60:5.1f} min "
                         f"({PUBLISHED_MIN * 60 / total:4.1f}x faster than published)")
