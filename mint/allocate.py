@@ -862,7 +862,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="mint allocate", description=__doc__.split("\n")[0])
     parser.add_argument("--units", nargs="+", required=True, help="rate-distortion parquet file(s)")
     parser.add_argument("--budget", required=True,
-                        help=f"the memory budget: {BUDGET_FORMS}; or @result.json for that result's size")
+                        help=f"the memory budget: {BUDGET_FORMS.replace('%', '%%')}; or @result.json for that "
+                             "result's size")
     parser.add_argument("--solver", choices=SOLVERS, default="exact")
     parser.add_argument("--sqnr-floor", type=float, default=SQNR_FLOOR_DB,
                         help="safety veto floor in dB; 0 turns it off")
