@@ -290,6 +290,21 @@ def test_missing_model_source_is_named(tmp_path):
     assert "model mine: source path" in output and "no config.json there" in output
 
 
+def test_variant_study_names_undefined_variants(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    config = {"models": {"mine": {"source": {"path": str(tmp_path / "mine")}, "budgets": ["4bpw"]}},
+              "variants": {"mint": {"solver": "exact"}},
+              "variant_study": {"faithful": "mint", "variants": ["mint-plsu"], "budgets": ["4bpw"]}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    run_ = subprocess.run([str(bin_dir / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert run_.returncode != 0
+    assert "variant_study names variants ['mint-plsu']" in run_.stdout + run_.stderr
+
+
 def test_unknown_architecture_without_rules(ckpt, tmp_path, capsys):
     edit_config(ckpt, model_type="toy")
     line = analyze_error(ckpt, tmp_path, capsys)

@@ -21,6 +21,11 @@ def baseline_configs(model, kind):
 
 # The variant study (issue 9): study variants x study budgets on every model.
 STUDY = config.get("variant_study")
+if STUDY:
+    unknown = sorted(set([STUDY["faithful"]] + STUDY["variants"]) - set(config["variants"]))
+    if unknown:
+        raise ValueError(f"variant_study names variants {unknown} that `variants` does not define; "
+                         f"defined: {sorted(config['variants'])}")
 # A budget equal to the faithful reproduction's own min-safe size.
 FAITHFUL_MIN_SAFE = "faithful-min-safe"
 BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]}
@@ -145,7 +150,7 @@ def get_variant_flags(wildcards):
     """Allocator flags of a variant beyond solver and floor (empty for the published options)."""
     v = get_variant(wildcards)
     flags = [] if v["loss"] == "nrmse" else [f"--loss {v['loss']}"]
-    flags += [f"--importance results/{wildcards.model}/importance.parquet"] if v["loss"] == "output" else []
+    flags += [f"--importance {get_importance(wildcards)}"] if v["loss"] == "output" else []
     flags += [f"--bits {' '.join(map(str, v['bits']))}"] if "bits" in v else []
     flags += [f"--group-sizes {' '.join(map(str, v['group_sizes']))}"] if "group_sizes" in v else []
     flags += [f"--raised-floor {v['raised_floor_db']}"] if "raised_floor_db" in v else []
