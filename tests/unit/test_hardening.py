@@ -277,16 +277,21 @@ def test_schema_accepts_every_rule_key_the_layouts_read():
     validate_config(config)
 
 
-def test_missing_model_source_is_named(tmp_path):
-    config = {"models": {"mine": {"source": {"path": str(tmp_path / "nowhere")}, "budgets": ["4bpw"]}},
-              "variants": {"mint": {"solver": "exact"}}}
+def failed_dry_run(tmp_path, config):
+    """The output of `snakemake -n` on `config`, which must fail."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     bin_dir = Path(sys.executable).parent
     run_ = subprocess.run([str(bin_dir / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
                            "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
                           capture_output=True, text=True, timeout=300)
     assert run_.returncode != 0
-    output = run_.stdout + run_.stderr
+    return run_.stdout + run_.stderr
+
+
+def test_missing_model_source_is_named(tmp_path):
+    config = {"models": {"mine": {"source": {"path": str(tmp_path / "nowhere")}, "budgets": ["4bpw"]}},
+              "variants": {"mint": {"solver": "exact"}}}
+    output = failed_dry_run(tmp_path, config)
     assert "model mine: source path" in output and "no config.json there" in output
 
 
@@ -296,13 +301,7 @@ def test_variant_study_names_undefined_variants(tmp_path):
     config = {"models": {"mine": {"source": {"path": str(tmp_path / "mine")}, "budgets": ["4bpw"]}},
               "variants": {"mint": {"solver": "exact"}},
               "variant_study": {"faithful": "mint", "variants": ["mint-plsu"], "budgets": ["4bpw"]}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    bin_dir = Path(sys.executable).parent
-    run_ = subprocess.run([str(bin_dir / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
-                           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
-                          capture_output=True, text=True, timeout=300)
-    assert run_.returncode != 0
-    assert "variant_study names variants ['mint-plsu']" in run_.stdout + run_.stderr
+    assert "variant_study names variants ['mint-plsu']" in failed_dry_run(tmp_path, config)
 
 
 def test_unknown_architecture_without_rules(ckpt, tmp_path, capsys):
