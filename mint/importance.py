@@ -51,20 +51,20 @@ class _Layer:
     def __init__(self, ckpt, refs):
         self.ckpt = ckpt
         self.by_proj = {}
-        self.gains = {}
+        self.vectors = {}   # RMSNorm gains ("input", "post") and the v_proj bias ("v_bias")
         for ref in refs:
             if ref.role == "norm" and ref.name.endswith("layernorm.weight"):
-                self.gains["input" if "input_layernorm" in ref.name else "post"] = ref
+                self.vectors["input" if "input_layernorm" in ref.name else "post"] = ref
             elif ref.role == "norm" and ref.name.endswith("v_proj.bias"):
-                self.gains["v_bias"] = ref
+                self.vectors["v_bias"] = ref
             elif ref.role in ("attention", "routed_expert", "shared_expert", "dense_mlp"):
                 self.by_proj.setdefault((ref.role, ref.proj), []).append(ref)
             elif ref.role == "router":
                 key = "shared_gate" if "shared_expert_gate" in ref.name else "router"
                 self.by_proj[(key, None)] = [ref]
 
-    def gain(self, kind):
-        return self.ckpt.read(self.gains[kind]).float() if kind in self.gains else None
+    def vector(self, kind):
+        return self.ckpt.read(self.vectors[kind]).float() if kind in self.vectors else None
 
     def matrix(self, role, proj, expert=-1):
         refs = self.by_proj.get((role, proj))
@@ -86,11 +86,11 @@ def _mlp(x, gate, up, down):
 
 def attention_energy(layer, z, heads, kv_heads):
     """E||o_proj(v_proj(x))||^2 for x = input gain * z: attention to a single key."""
-    g, wv, wo = layer.gain("input"), layer.matrix("attention", "v_proj"), layer.matrix("attention", "o_proj")
+    g, wv, wo = layer.vector("input"), layer.matrix("attention", "v_proj"), layer.matrix("attention", "o_proj")
     if g is None or wv is None or wo is None:
         return 0.0
     v = (z * g) @ wv.T
-    bias = layer.gain("v_bias")
+    bias = layer.vector("v_bias")
     v = v if bias is None else v + bias
     head_dim = v.shape[-1] // kv_heads
     v = v.view(len(z), kv_heads, head_dim).repeat_interleave(heads // kv_heads, dim=1).reshape(len(z), -1)
@@ -107,11 +107,12 @@ def routing_weights(logits, top_k, scheme):
 
 def moe_energy(layer, z, top_k, scheme, max_experts=MAX_EXPERTS):
     """E||MoE block output||^2 for x = post-attention gain * z (see the module docstring)."""
-    g = layer.gain("post")
+    g = layer.vector("post")
     if g is None:
         return 0.0
     x = z * g
-    energy = 0.0
+    total = torch.zeros_like(x)   # the block's output per probe, where it is computed exactly
+    sampled = 0.0                 # energy of the routed part of a large stack, estimated from a sample
     n = layer.n_experts()
     router = layer.matrix("router", None)
     if n and router is not None:
@@ -127,24 +128,19 @@ def moe_energy(layer, z, top_k, scheme, max_experts=MAX_EXPERTS):
         scales_input = scheme == "sigmoid"
         if n <= max_experts:
             # Every expert run on every probe: the block's routed output, exactly.
-            routed = torch.zeros_like(x)
             for e in range(n):
                 w = (weights * (chosen == e)).sum(-1, keepdim=True)                   # [probes, 1], 0 if not chosen
-                routed += expert(e, x * w) if scales_input else w * expert(e, x)
+                total += expert(e, x * w) if scales_input else w * expert(e, x)
         else:
             # An evenly spread sample of experts, the k outputs of a probe taken as uncorrelated.
             picks = [round(i * (n - 1) / (max_experts - 1)) for i in range(max_experts)]
             if scales_input:
                 per_expert = [sum(expert(e, x * weights[:, j:j + 1]).square().sum(-1).mean() for j in range(k))
                               for e in picks]
-                energy += float(torch.stack(per_expert).mean())
+                sampled = float(torch.stack(per_expert).mean())
             else:
                 mean_energy = torch.stack([expert(e, x).square().sum(-1).mean() for e in picks]).mean()
-                energy += float(weights.square().sum(-1).mean() * mean_energy)
-            routed = None
-    else:
-        routed = None
-    total = routed if routed is not None else torch.zeros(len(x), x.shape[-1])
+                sampled = float(weights.square().sum(-1).mean() * mean_energy)
     for role in ("shared_expert", "dense_mlp"):
         mats = [layer.matrix(role, p) for p in ("gate_proj", "up_proj", "down_proj")]
         if any(m is None for m in mats):
@@ -154,7 +150,7 @@ def moe_energy(layer, z, top_k, scheme, max_experts=MAX_EXPERTS):
         if role == "shared_expert" and gate is not None:
             y = y * torch.sigmoid(x @ gate.T)
         total = total + y
-    return energy + float(total.square().sum(-1).mean())
+    return sampled + float(total.square().sum(-1).mean())
 
 
 def routing_scheme(config):
