@@ -43,3 +43,16 @@ def test_cli_lists_subcommands():
         assert command in out.stdout
     bad = subprocess.run([sys.executable, "-m", "mint", "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+def test_every_runtime_is_installed():
+    # `make test` installs every runtime the exports are checked in; a missing one is a broken
+    # set-up, so the suite fails here instead of letting the runtime tests pass by skipping.
+    import importlib.util
+
+    from mint import baseline
+
+    missing = [m for m in ("mlx_lm", "llama_cpp") if importlib.util.find_spec(m) is None]
+    if not baseline.gptq_python().exists():
+        missing.append(f"GPTQ environment ({baseline.gptq_python()})")
+    assert not missing, f"runtimes missing (run `make test`, which installs them): {missing}"

@@ -145,7 +145,6 @@ def test_mlx_config(exported):
 
 @pytest.mark.mlx
 def test_mlx_logits_equal_transformers_on_the_dequantized_folder(exported):
-    pytest.importorskip("mlx_lm")
     import mlx.core as mx
     import transformers
     from mlx_lm.utils import load_model
