@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 8
+# llama-cpp-python compiles llama.cpp; only the library is needed (no tools, tests, server or llava).
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: venv tables test dry-run clean-results
 
@@ -12,21 +15,22 @@ $(BIN)/mint: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[mlx]"
-	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(BIN)/pip install --quiet "torch==2.13.0" -e ".[mlx,gguf]"
+	$(BIN)/python -c "import torch, mlx_lm, llama_cpp; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(BIN)/mint
 
 venv: $(BIN)/mint
 
 tables: venv gptq-env
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) results/tables
+	$(BIN)/snakemake --cores $(CORES) results/tables
 
 dry-run: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake -n results/tables
+	$(BIN)/snakemake -n results/tables
 
 # The GPTQ environment is built too, so that the GPTQ-vs-RTN tests run rather than skip.
 test: venv gptq-env
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	$(BIN)/python -m pytest
 
 clean-results:
 	rm -rf results/*/ logs/ .snakemake/

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def pyproject_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return set(project["dependencies"]) | set(project["optional-dependencies"]["mlx"])
+    extras = project["optional-dependencies"]
+    return set(project["dependencies"]).union(*extras.values())
 
 
 def environment_pins():
