@@ -33,16 +33,21 @@ GIB = 1024**3
 BROKEN_RATIO = 2.0
 
 
-def provenance(config_path="config/config.yaml"):
-    """(commit, config hash): what made these tables."""
+def provenance(config_path="config/config.yaml", project=".", config_sha256=None):
+    """(commit, config hash): what made these tables. The commit is read from the project's folder
+    (the pipeline runs with --directory elsewhere); the hash is the one given (the pipeline's
+    effective config) or that of the config file."""
+    git = ["git", "-C", str(project)]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True).stdout.strip()
         commit += "+dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    if config_sha256:
+        return commit, config_sha256
     path = Path(config_path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else "none"
     return commit, digest
@@ -278,13 +283,13 @@ def make_plots(runs, results_dir, plots_dir):
 
 
 def make_tables(results, tables, plots_dir, config="config/config.yaml", faithful=None, study=(),
-                study_budgets=(), forced=()):
+                study_budgets=(), forced=(), project=".", config_sha256=None):
     runs = add_paired(collect_runs(results))
     study_only = set(study) - {"mint", faithful}
     regular = runs[~runs["method"].isin(study_only)]
     tables, plots_dir = Path(tables), Path(plots_dir)
     tables.mkdir(parents=True, exist_ok=True)
-    commit, digest = provenance(config)
+    commit, digest = provenance(config, project, config_sha256)
     line = f"Made by commit {commit} with config sha256 {digest}."
     write_table(runs.drop(columns=["windows"]), tables / "results", line)
     write_table(matched_size_table(regular), tables / "matched_size", line)
@@ -306,6 +311,8 @@ def main(argv=None):
     p.add_argument("--tables", default="results/tables", help="output folder for tables")
     p.add_argument("--plots", dest="plots_dir", default="results/plots", help="output folder for plots")
     p.add_argument("--config", default="config/config.yaml", help="config whose hash is recorded")
+    p.add_argument("--config-sha256", help="record this config hash instead (the pipeline's effective config)")
+    p.add_argument("--project", default=".", help="the project's git folder, whose commit is recorded")
     p.add_argument("--faithful", help="the variant study's faithful reproduction (e.g. mint-greedy)")
     p.add_argument("--study", nargs="*", default=(), help="the variant study's variants")
     p.add_argument("--study-budgets", nargs="*", default=(), help="the variant study's budgets")

@@ -14,7 +14,7 @@ rule importance:
     resources:
         mem_mb=4000,
     shell:
-        "mint importance --checkpoint {params.checkpoint} --rules {input.rules} --out {output} > {log} 2>&1"
+        "{MINT} importance --checkpoint {params.checkpoint} --rules {input.rules} --out {output} > {log} 2>&1"
 
 
 rule allocate:
@@ -37,7 +37,7 @@ rule allocate:
     resources:
         mem_mb=2000,
     shell:
-        "mint allocate --units {input.units} --budget {params.budget} --solver {params.solver}"
+        "{MINT} allocate --units {input.units} --budget {params.budget} --solver {params.solver}"
         " --sqnr-floor {params.floor} {params.extra} --out {output} > {log} 2>&1"
 
 
@@ -78,5 +78,5 @@ rule quantize:
     resources:
         mem_mb=4000,
     shell:
-        "mint quantize --checkpoint {params.checkpoint} --rules {input.rules} --allocation {input.allocation}"
+        "{MINT} quantize --checkpoint {params.checkpoint} --rules {input.rules} --allocation {input.allocation}"
         " --mlx-out {output.mlx} --dequant-out {output.dequant} > {log} 2>&1"

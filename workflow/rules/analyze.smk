@@ -19,7 +19,7 @@ rule analyze:
     resources:
         mem_mb=4000,
     shell:
-        "mint analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
+        "{MINT} analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
         " --cluster-threshold {params.threshold} {params.spectral} {params.extra} --threads {threads}"
         " --out results/{wildcards.model}/{params.out} > {log} 2>&1"
 
@@ -49,7 +49,7 @@ rule experts:
     resources:
         mem_mb=4000,
     shell:
-        "mint experts --checkpoint {params.checkpoint} --rules {input.rules}"
+        "{MINT} experts --checkpoint {params.checkpoint} --rules {input.rules}"
         " --analysis results/{wildcards.model}/{params.analysis}"
         " --k {params.k} --seed {params.seed} --aggregation {params.aggregation} {params.spectral}"
         " --out results/{wildcards.model}/{params.out} > {log} 2>&1"
@@ -119,7 +119,7 @@ rule analyze_all_experts:
     resources:
         mem_mb=4000,
     shell:
-        "mint analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
+        "{MINT} analyze --checkpoint {params.checkpoint} --rules {input.rules} --shard {wildcards.shard}.safetensors"
         " --cluster-threshold 1000000000 {params.spectral} --threads {threads}"
         " --out results/{wildcards.model}/analysis-all > {log} 2>&1"
 
@@ -145,5 +145,5 @@ rule experts_all_experts:
     resources:
         mem_mb=4000,
     shell:
-        "mint experts --checkpoint {params.checkpoint} --rules {input.rules} --analysis results/{wildcards.model}/analysis-all"
+        "{MINT} experts --checkpoint {params.checkpoint} --rules {input.rules} --analysis results/{wildcards.model}/analysis-all"
         " --aggregation {params.aggregation} {params.spectral} --out results/{wildcards.model}/units-all > {log} 2>&1"

@@ -21,7 +21,7 @@ rule baseline_uniform:
     resources:
         mem_mb=2000,
     shell:
-        "mint baseline uniform --units {input.units} --bits {wildcards.bits} --group-size {wildcards.group}"
+        "{MINT} baseline uniform --units {input.units} --bits {wildcards.bits} --group-size {wildcards.group}"
         " --out {output} > {log} 2>&1"
 
 
@@ -45,6 +45,6 @@ rule baseline_gptq:
     resources:
         mem_mb=8000,
     shell:
-        "mint baseline gptq --checkpoint {params.checkpoint} --bits {wildcards.bits}"
+        "{MINT} baseline gptq --checkpoint {params.checkpoint} --bits {wildcards.bits}"
         " --group-size {wildcards.group} --seq-len {params.seq_len} --threads {threads}"
         " --out {output.result} --dequant-out {output.dequant} > {log} 2>&1"

@@ -1,12 +1,22 @@
 import glob
+import hashlib
 import json
 import os
 import re
+import sys
 
 from snakemake.utils import validate
 
 
 validate(config, "../../config/schema.yaml")
+
+# Every rule runs the `mint` of the Python running Snakemake, so the pipeline works without an
+# activated environment (a `mint` looked up on PATH is missing there, or another install's).
+MINT = f'"{sys.executable}" -m mint'
+# What made the results, recorded in the tables: the project's commit (read from the Snakefile's
+# folder, which need not be the working directory) and a hash of the effective config.
+CONFIG_SHA256 = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+PROVENANCE = f'--project "{workflow.basedir}" --config-sha256 {CONFIG_SHA256[:12]}'
 
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])

@@ -17,7 +17,7 @@ rule evaluate_bf16:
     resources:
         mem_mb=4000,
     shell:
-        "mint evaluate --model {params.checkpoint} --seq-len {params.seq_len} --windows {params.windows}"
+        "{MINT} evaluate --model {params.checkpoint} --seq-len {params.seq_len} --windows {params.windows}"
         " --dtype {params.dtype} --threads {threads} --out {output.summary} > {log} 2>&1"
 
 
@@ -41,5 +41,5 @@ rule evaluate:
     resources:
         mem_mb=4000,
     shell:
-        "mint evaluate --model {input.dequant} --reference {params.checkpoint} --seq-len {params.seq_len}"
+        "{MINT} evaluate --model {input.dequant} --reference {params.checkpoint} --seq-len {params.seq_len}"
         " --windows {params.windows} --dtype {params.dtype} --threads {threads} --out {output.summary} > {log} 2>&1"

@@ -13,7 +13,7 @@ checkpoint train_reference:
     resources:
         mem_mb=4000,
     shell:
-        "mint train-reference --model {params.recipe} --profile {params.profile}"
+        "{MINT} train-reference --model {params.recipe} --profile {params.profile}"
         " --overrides '{params.overrides}' --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -13,4 +13,5 @@ rule tables:
     log:
         "logs/tables.log",
     shell:
-        "mint tables --results results --tables {output[0]} --plots {output[1]} {params.study} > {log} 2>&1"
+        "{MINT} tables --results results --tables {output[0]} --plots {output[1]} {params.study}"
+        " {PROVENANCE} > {log} 2>&1"
