@@ -228,7 +228,7 @@ def write_parquet(df, path):
 
 
 def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOLD, spectral=True,
-            threads=None, rules=None, clip=False, sample_rows=None):
+            threads=None, rules=None, clip=False, sample_rows=None, progress=True):
     """Analyse the given shards (default: all) of a checkpoint into `out_dir/<shard>.{rd,features}.parquet`.
 
     Shards whose outputs already exist are skipped, so an interrupted run resumes where it stopped.
@@ -245,7 +245,8 @@ def analyze(checkpoint, out_dir, shards=None, cluster_threshold=CLUSTER_THRESHOL
         if rd_path.exists() and feat_path.exists():
             continue
         started = time.perf_counter()
-        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral, clip=clip, sample_rows=sample_rows)
+        rd, features = analyze_shard(ckpt, shard, cluster_threshold, spectral, progress, clip=clip,
+                                     sample_rows=sample_rows)
         write_parquet(features, feat_path)
         write_parquet(rd, rd_path)
         print(f"{shard}: {len(features)} matrices in {time.perf_counter() - started:.2f} s")

@@ -9,6 +9,8 @@ import sys
 
 # subcommand -> (module, one-line description)
 COMMANDS = {
+    "convert": ("mint.convert", "one command: a checkpoint (folder or hub id) to an MLX folder of a given size"),
+    "plan": ("mint.plan", "what each budget buys (objective, bits mix, floor) before any weights are written"),
     "inspect": ("mint.inspect", "show a checkpoint's tensors, roles, units and sizes (or an allocation)"),
     "analyze": ("mint.analyze", "measure every tensor of a checkpoint: RD curves and features, per shard"),
     "experts": ("mint.experts", "cluster large expert stacks, measure representatives, aggregate units"),

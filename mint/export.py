@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16, read_header
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
@@ -404,12 +405,14 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
     return w_hat
 
 
-def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=None):
+def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=None,
+                  progress=False):
     """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy.
 
     Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`)."""
     clip = clip or set()
-    for name, refs in _disk_tensors(ckpt).items():
+    tensors = _disk_tensors(ckpt)
+    for name, refs in tqdm(tensors.items(), total=len(tensors), desc="export", unit="tensor", disable=not progress):
         fused = refs[0].n_experts > 1
         for e in range(refs[0].n_experts) if fused else [None]:
             parts = []  # the dequantized parts of a fused tensor, to put back together for transformers
@@ -492,6 +495,7 @@ def export(
     dequant_dtype=torch.float32,
     max_shard_bytes=MAX_SHARD_BYTES,
     overwrite=False,
+    progress=False,
 ):
     """Write the MLX folder (and optionally the dequantized HF folder) of `allocation` for `ckpt`.
 
@@ -507,6 +511,7 @@ def export(
         dequant_dtype: dtype of the dequantized folder.
         max_shard_bytes: largest MLX shard.
         overwrite: replace existing non-empty output folders.
+        progress: show a progress bar over the checkpoint's tensors.
     Returns:
         The manifest (also written to `<mlx_out>/manifest.json`): predicted and written bytes per unit.
     """
@@ -537,7 +542,7 @@ def export(
         # An allocation made from clip-search curves is exported with clip search: the weights
         # written are the weights that were measured.
         write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype,
-                      clip=clipped_units(allocation))
+                      clip=clipped_units(allocation), progress=progress)
         for writer in writers:
             writer.close()
 

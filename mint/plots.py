@@ -4,6 +4,7 @@
 - `plot_rd_curves`: rate-distortion curves of the most and least sensitive units.
 - `plot_clusters`: the k-means clusters of one expert stack, representatives marked.
 - `plot_ppl_vs_size`: perplexity against size for every method of a model.
+- `plot_frontier`: the objective against size over the budgets of `mint plan`.
 Each takes tables or dicts and a path; nothing here computes results.
 """
 
@@ -143,4 +144,23 @@ def plot_variants(table, path, title="Variants vs the faithful reproduction at e
     axes[0][0].set_ylabel("paired mean diff. of log PPL vs faithful (below 0 = better)")
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_frontier(table, path, title):
+    """Objective against size over the budgets of `mint plan`, min-safe marked."""
+    ok = table[table["feasible"]].sort_values("size_gib")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(ok["size_gib"], ok["objective"], "o-", color="tab:blue")
+    for _, r in ok.iterrows():
+        ax.annotate(r["budget"], (r["size_gib"], r["objective"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    if len(ok):
+        ax.axvline(ok["size_gib"].iloc[0], color="tab:red", ls=":", lw=1)
+        ax.text(ok["size_gib"].iloc[0], ax.get_ylim()[1], " min-safe", color="tab:red", va="top", fontsize=8)
+    ax.set_xlabel("size (GiB)")
+    ax.set_ylabel("objective (sum of unit costs, lower is better)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
     _save(fig, path)
