@@ -26,8 +26,13 @@ from safetensors import SafetensorError, safe_open
 
 from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, layout_for
 
-# Dtypes on disk we read; anything else (fp8, int) is a different quantized or non-float format.
+# Dtypes on disk we read; anything else (int, fp8 without scales) is a quantized or non-float format.
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+# fp8 weights with block scales (DeepSeek-V3, Kimi-K2, MiniMax-M2, Qwen3 -FP8 releases): `<name>` in
+# e4m3 and `<name>_scale_inv` [ceil(rows/b), ceil(cols/b)] in float, w = fp8 * scale_inv per b x b block.
+# They are dequantized on read: analysis and export see the real values.
+SCALED_DTYPES = {"F8_E4M3": torch.float8_e4m3fn}
+SCALE_SUFFIX = "_scale_inv"
 # Bytes per element of every safetensors dtype, to check a header against its file before reading.
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
             "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -312,14 +317,29 @@ class Checkpoint:
 
     def _classify_all(self, weight_map):
         refs, seen, unmatched = [], {}, []
+        headers = {shard: read_header(self.path / shard) for shard in self.shards}
+        dtypes = {n: info["dtype"] for shard, h in headers.items() for n, info in h.items()
+                  if weight_map is None or weight_map.get(n) == shard}
+        # Block scales belong to their fp8 weight: {weight name: ref of its scales}.
+        self.scales = {
+            n.removesuffix(SCALE_SUFFIX): TensorRef(name=n, shard=s, shape=tuple(info["shape"]), dtype=info["dtype"],
+                                                    role="norm", layer=None, expert=None, proj=None, unit=n)
+            for s, h in headers.items() for n, info in h.items()
+            if n.endswith(SCALE_SUFFIX) and dtypes.get(n.removesuffix(SCALE_SUFFIX)) in SCALED_DTYPES
+            and (weight_map is None or weight_map.get(n) == s)
+        }
+        companions = {r.name for r in self.scales.values()}
         for shard in self.shards:
-            for name, info in read_header(self.path / shard).items():
+            for name, info in headers[shard].items():
                 if weight_map is not None and weight_map.get(name) != shard:
                     continue  # the index is the truth about which copy transformers loads
                 if name in seen:
                     raise CheckpointError(f"{name} is in both {seen[name]} and {shard}")
                 seen[name] = shard
-                if info["dtype"] not in DTYPES:
+                if name in companions:
+                    continue
+                scaled = info["dtype"] in SCALED_DTYPES and name in self.scales
+                if info["dtype"] not in DTYPES and not scaled:
                     raise CheckpointError(_dtype_message(self.path / shard, name, info["dtype"]))
                 try:
                     found = _classify(name, info, shard, self.layout)
@@ -426,12 +446,50 @@ class Checkpoint:
             f.seek(start + begin)
             if f.readinto(buf) != len(buf):
                 raise OSError(f"file ends before the {end - begin} bytes of {ref.name!r}")
-        t = torch.frombuffer(buf, dtype=DTYPES[dtype]) if buf else torch.empty(0, dtype=DTYPES[dtype])
+        torch_dtype = DTYPES.get(dtype) or SCALED_DTYPES[dtype]
+        t = torch.frombuffer(buf, dtype=torch_dtype) if buf else torch.empty(0, dtype=torch_dtype)
         t = t.reshape(shape)
+        if dtype in SCALED_DTYPES:
+            t = dequantize_blocks(t, self._block_scales(ref, expert), self._block_size())
         if ref.split is not None:
             index = _slices(ref, None)
             t = t[index[1:] if expert is not None else index]
         return t
+
+
+    def _block_size(self):
+        """(rows, cols) of an fp8 block from config.json, or None to infer it."""
+        size = (self.config.get("quantization_config") or {}).get("weight_block_size")
+        return tuple(int(b) for b in size) if isinstance(size, (list, tuple)) and len(size) == 2 else None
+
+    def _block_scales(self, ref, expert):
+        """The float32 block scales of an fp8 tensor (of one expert of a fused stack), read like a tensor."""
+        scale_ref = self.scales[ref.name]
+        if scale_ref.dtype not in DTYPES or len(scale_ref.shape) != len(ref.shape):
+            raise CheckpointError(f"{self.path / scale_ref.shard}: block scales {scale_ref.name!r} ({scale_ref.dtype} "
+                                  f"{list(scale_ref.shape)}) are not float scales per 2-D block of {ref.name!r} "
+                                  f"{list(ref.shape)}")
+        return self._read_bytes(scale_ref, expert).float()
+
+
+def dequantize_blocks(w, scales, block=None):
+    """fp8 matrix `w` [rows, cols] times its block scales [ceil(rows/b), ceil(cols/b)], in float32.
+
+    `block` is (b_rows, b_cols), config.json's `quantization_config.weight_block_size`; without it,
+    the power of two that tiles `w` with that many scales (DeepSeek-V3's blocks are 128 x 128)."""
+    rows, cols = w.shape[-2:]
+    tiles = tuple(scales.shape)
+
+    def tiled(b):
+        return (-(-rows // b[0]), -(-cols // b[1])) == tiles
+
+    if block is None:
+        block = next(((b, b) for b in (2**k for k in range(4, 13)) if tiled((b, b))), None)
+    if block is None or not tiled(block):
+        raise CheckpointError(f"block scales {list(tiles)} do not tile a [{rows}, {cols}] matrix"
+                              + (f" in blocks of {list(block)}" if block else ""))
+    full = scales.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+    return w.float() * full
 
 
 # Weights checked for NaN/Inf per piece (4 MiB of float32 temporaries).
@@ -458,8 +516,9 @@ def _dtype_message(path, name, dtype):
     """Why a tensor of `dtype` cannot be read, and what to do instead."""
     base = f"{path}: tensor {name!r} has dtype {dtype}; MINT reads 16/32-bit float checkpoints ({', '.join(DTYPES)})"
     if dtype.startswith("F8"):
-        return (f"{base}. This is an fp8 checkpoint (weights with block scales, e.g. DeepSeek-V3 or a -FP8 "
-                "release): dequantize it to bf16 first (its model card names the script) or use the bf16 release")
+        return (f"{base}, and fp8 e4m3 with block scales (`{name}{SCALE_SUFFIX}`, as DeepSeek-V3 and -FP8 "
+                "releases store them). This fp8 tensor has no such scales: dequantize it to bf16 first or use "
+                "the bf16 release")
     return f"{base}; an integer tensor here means an already quantized checkpoint: use the original 16-bit one"
 
 

@@ -573,6 +573,9 @@ def export(
 def _write_hf_meta(ckpt, folder, shards, dtype):
     """config.json (dtype updated), the index when the input had one, and the side files."""
     config = dict(ckpt.config)
+    # The folder holds plain floats: an fp8 source's quantization_config would make transformers
+    # look for block scales.
+    config.pop("quantization_config", None)
     dtype_name = str(dtype).removeprefix("torch.")
     config["dtype"] = dtype_name
     if "torch_dtype" in config:

@@ -9,12 +9,17 @@ from pathlib import Path
 from mint.checkpoint import Checkpoint, CheckpointError
 
 GIB = 1024**3
+# How `mint inspect` names the dtypes on disk; fp8 tensors are dequantized on read.
+DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8 e4m3 with block scales (dequantized on read)"}
 
 
 def describe_checkpoint(path, rules=None):
     """A short report of what MINT sees in a checkpoint: only headers are read."""
     ckpt = Checkpoint(path, rules=rules)
     roles = Counter(ref.role for ref in ckpt.refs)
+    dtypes = Counter()
+    for ref in ckpt.refs:
+        dtypes[ref.dtype] += ref.numel
     units = ckpt.units()
     expert_units = {u: ckpt.num_experts(u) for u, refs in units.items() if refs[0].role == "routed_expert"}
     lines = [
@@ -22,6 +27,8 @@ def describe_checkpoint(path, rules=None):
         f"parameters: {ckpt.n_params():,}  16-bit size: {ckpt.size16_bytes() / GIB:.3f} GiB",
         "tensors by role: " + ", ".join(f"{role} {n}" for role, n in sorted(roles.items())),
         f"allocation units: {len(units)} ({len(expert_units)} routed-expert stacks)",
+        "stored as: " + ", ".join(f"{DTYPE_NAMES.get(d, d)} {100 * n / ckpt.n_params():.0f}%"
+                                  for d, n in sorted(dtypes.items(), key=lambda kv: -kv[1])),
     ]
     if expert_units:
         counts = Counter(expert_units.values())

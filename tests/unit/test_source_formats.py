@@ -1,0 +1,120 @@
+"""Source formats other than 16/32-bit floats, dequantized on read: fp8 e4m3 weights with block scales
+(`weight_scale_inv`, as DeepSeek-V3, Kimi-K2, MiniMax-M2 and Qwen3 -FP8 releases ship them)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mint import export as ex
+from mint.checkpoint import Checkpoint
+from mint.testing import make_tiny_checkpoint
+
+BLOCK = 128
+FP8_MAX = 448.0   # largest finite float8_e4m3fn
+# Roles an fp8 release stores in fp8 (DeepSeek-V3 keeps embedding, head, router and norms in bf16).
+FP8_ROLES = ("attention", "routed_expert", "shared_expert", "dense_mlp")
+
+
+def to_fp8(w, block=BLOCK):
+    """(fp8 weight, scale_inv) of a float matrix, one scale per block x block tile (amax / 448)."""
+    rows, cols = w.shape
+    tiles_r, tiles_c = -(-rows // block), -(-cols // block)
+    scale = torch.empty(tiles_r, tiles_c)
+    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    for i in range(tiles_r):
+        for j in range(tiles_c):
+            tile = w[i * block:(i + 1) * block, j * block:(j + 1) * block].float()
+            scale[i, j] = tile.abs().max().clamp_min(1e-12) / FP8_MAX
+            q[i * block:(i + 1) * block, j * block:(j + 1) * block] = (tile / scale[i, j]).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def reference_dequant(q, scale, block=BLOCK):
+    """w[i, j] = q[i, j] * scale[i // block, j // block], by explicit indexing."""
+    rows, cols = q.shape
+    i = torch.arange(rows)[:, None] // block
+    j = torch.arange(cols)[None, :] // block
+    return q.float() * scale[i, j]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A bf16 checkpoint and its fp8 release (hidden 192: blocks of 128 leave partial tiles)."""
+    root = tmp_path_factory.mktemp("fp8")
+    bf16 = make_tiny_checkpoint("qwen3_moe", root / "bf16", hidden=192, intermediate=320)
+    ckpt = Checkpoint(bf16)
+    roles = {r.name: r.role for r in ckpt.refs}
+    tensors, originals = {}, {}
+    for name, w in load_file(bf16 / "model.safetensors").items():
+        if roles.get(name) in FP8_ROLES and w.dim() == 2:
+            q, scale = to_fp8(w.float())
+            tensors[name], tensors[name + "_scale_inv"] = q, scale
+            originals[name] = w.float()
+        else:
+            tensors[name] = w
+    fp8 = root / "fp8"
+    fp8.mkdir()
+    save_file(tensors, fp8 / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((bf16 / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [BLOCK, BLOCK],
+                                     "activation_scheme": "dynamic"}
+    (fp8 / "config.json").write_text(json.dumps(config))
+    return Checkpoint(bf16), Checkpoint(fp8), tensors, originals
+
+
+def test_fp8_tensors_read_as_their_dequantized_values(pair):
+    _, fp8, tensors, originals = pair
+    checked = 0
+    for ref in fp8.refs:
+        if ref.name not in originals:
+            continue
+        got = fp8.read(ref)
+        want = reference_dequant(tensors[ref.name], tensors[ref.name + "_scale_inv"])
+        assert got.dtype == torch.float32 and torch.equal(got, want), ref.name
+        # And the values are the model's: within e4m3's rounding (3 mantissa bits) of the bf16 weights.
+        assert (got - originals[ref.name]).abs().max() <= originals[ref.name].abs().max() / 8
+        checked += 1
+    assert checked == len(originals) > 10
+    # The scales are not tensors of the model.
+    assert not any(r.name.endswith("_scale_inv") for r in fp8.refs)
+
+
+def test_budgets_refer_to_the_bf16_size(pair):
+    bf16, fp8, _, _ = pair
+    assert fp8.size16_bytes() == bf16.size16_bytes() and fp8.n_params() == bf16.n_params()
+    assert {u: [r.out_in for r in refs] for u, refs in fp8.units().items()} == \
+        {u: [r.out_in for r in refs] for u, refs in bf16.units().items()}
+
+
+def test_fp8_export_loads_in_mlx_and_matches_its_dequantized_twin(pair, tmp_path):
+    import mlx.core as mx
+    import transformers
+    from mlx_lm.utils import load_model
+
+    _, fp8, _, _ = pair
+    units = [{"unit": u, "bits": 4 if refs[0].quantizable else 16, "group_size": 64}
+             for u, refs in fp8.units().items()]
+    ex.export(fp8, {"units": units}, tmp_path / "mlx", tmp_path / "hf")
+    assert "quantization_config" not in json.loads((tmp_path / "hf" / "config.json").read_text())
+    tokens = np.random.default_rng(0).integers(0, 256, size=(2, 10))
+    model, _ = load_model(tmp_path / "mlx")
+    model.set_dtype(mx.float32)
+    got = np.array(model(mx.array(tokens)))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = hf(torch.tensor(tokens)).logits.numpy()
+    assert np.abs(want).max() > 1 and np.abs(got - want).max() < 1e-4
+
+
+def test_block_size_is_read_from_the_config_or_inferred():
+    from mint.checkpoint import CheckpointError, dequantize_blocks
+
+    q, scale = to_fp8(torch.randn(192, 320))
+    want = reference_dequant(q, scale)
+    assert torch.equal(dequantize_blocks(q, scale, (128, 128)), want)
+    assert torch.equal(dequantize_blocks(q, scale), want)   # the power of two that tiles it: 128
+    with pytest.raises(CheckpointError, match="do not tile"):
+        dequantize_blocks(q, scale, (64, 64))
