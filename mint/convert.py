@@ -193,7 +193,7 @@ def describe(summary):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="mint convert", description=__doc__.splitlines()[0])
     p.add_argument("source", help="Hugging Face checkpoint folder, or a hub id (owner/name)")
-    p.add_argument("--budget", required=True, help=f"target size: {alloc.BUDGET_FORMS}")
+    p.add_argument("--budget", required=True, help=f"target size: {alloc.BUDGET_FORMS.replace('%', '%%')}")
     p.add_argument("--out", required=True, help="output folder (mlx) or file (gguf)")
     p.add_argument("--format", dest="fmt", choices=("mlx", "gguf"), default="mlx")
     p.add_argument("--faithful", action="store_true",
