@@ -17,6 +17,7 @@ Where each tensor belongs comes from the rules in mint/layouts.py. For example, 
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, layout_for
+from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, family_for, layout_for
 
 # Dtypes on disk we read; anything else (int, fp8 without scales) is a quantized or non-float format.
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -41,6 +42,10 @@ INDEX_FILE = "model.safetensors.index.json"
 _MAX_HEADER_BYTES = 100 << 20
 # config.json keys holding the number of routed experts per layer, by architecture.
 _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+# The layer index of a decoder-layer tensor name.
+_LAYER_INDEX = re.compile(r"^(?:model\.|language_model\.model\.|model\.language_model\.)?layers\.(\d+)\.")
 
 
 class CheckpointError(ValueError):
@@ -284,6 +289,7 @@ class Checkpoint:
         if not isinstance(self.model_type, str) or not isinstance(self.text_config, dict):
             raise CheckpointError(f"{config_file}: `model_type` must be a string and `text_config` an object")
         self.architecture = (self.config.get("architectures") or [self.model_type or "unknown"])[0]
+        self.family = family_for(self.config)
         try:
             self.layout = layout_for(self.config, rules)
         except LayoutError as e:
@@ -336,7 +342,7 @@ class Checkpoint:
                 if name in seen:
                     raise CheckpointError(f"{name} is in both {seen[name]} and {shard}")
                 seen[name] = shard
-                if name in companions:
+                if name in companions or self._is_mtp(name):
                     continue
                 scaled = info["dtype"] in SCALED_DTYPES and name in self.scales
                 if info["dtype"] not in DTYPES and not scaled:
@@ -362,6 +368,15 @@ class Checkpoint:
                 + HOW_TO_ADD_RULES
             )
         return refs
+
+    def _is_mtp(self, name):
+        """True for a tensor of a multi-token-prediction layer (Family.mtp_layers): stored as layers
+        num_hidden_layers.. after the decoder, run by neither transformers nor mlx-lm, so left out."""
+        if self.family is None or self.family.mtp_layers is None:
+            return False
+        m = _LAYER_INDEX.match(name)
+        layers = self.text_config.get("num_hidden_layers")
+        return bool(m) and _is_count(layers) and int(m.group(1)) >= layers
 
     def units(self) -> dict[str, list[TensorRef]]:
         """unit -> its refs (experts in index order), in the order units first appear on disk."""

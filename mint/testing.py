@@ -143,3 +143,127 @@ def make_tiny_checkpoint(
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(path, **kwargs)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The family matrix (issue 14): one tiny model per MoE family users run, built from its transformers
+# class. Every dimension has its own size (hidden 192, expert width 96, dense width 320, head dims 16
+# to 48, LoRA ranks 64 and 160, ...) so a swapped axis cannot pass a shape check or a logits check;
+# every input dimension is a multiple of 32 so each unit has a quantized option.
+
+# Sizes shared by the family configs: hidden 192, expert width 96, dense width 320, 5 query heads
+# and 1 key/value head of 32 (attention width 160), vocabulary 256.
+_H, _EXPERT_I, _DENSE_I, _VOCAB = 192, 96, 320, 256
+_COMMON = dict(vocab_size=_VOCAB, hidden_size=_H, tie_word_embeddings=False, max_position_embeddings=512,
+               bos_token_id=1, eos_token_id=2)
+_ATTN = dict(num_attention_heads=5, num_key_value_heads=1, head_dim=32)
+_DEEPSEEK = dict(
+    _COMMON, intermediate_size=_DENSE_I, moe_intermediate_size=_EXPERT_I, num_hidden_layers=3,
+    num_attention_heads=5, num_key_value_heads=5, n_routed_experts=8, n_shared_experts=1,
+    num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=64, q_lora_rank=224,
+    qk_rope_head_dim=16, qk_nope_head_dim=24, v_head_dim=64)
+
+# family -> (transformers config class, model class, config kwargs, experts stored [E, in, out] in memory)
+FAMILY_CONFIGS = {
+    # mlx-lm's mixtral derives head_dim from hidden_size / num_attention_heads.
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, head_dim=32, intermediate_size=_EXPERT_I, num_hidden_layers=2, num_local_experts=4,
+        num_experts_per_tok=2), False),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        _COMMON, num_attention_heads=5, num_key_value_heads=1, intermediate_size=_DENSE_I,
+        moe_intermediate_size=_EXPERT_I, shared_expert_intermediate_size=224, num_hidden_layers=2, num_experts=6,
+        num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False), False),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_DENSE_I, moe_intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_experts=6, num_experts_per_tok=2, norm_topk_prob=True), False),
+    # mlx-lm's llama4 routes to one expert, needs 4 layers and uses eps 1e-6 in its qk-norm.
+    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_EXPERT_I, intermediate_size_mlp=_DENSE_I, num_hidden_layers=4,
+        num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2, rms_norm_eps=1e-6), True),
+    # Kimi-K2 is this architecture (model_type kimi_k2 in its own config, deepseek_v3 in transformers).
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
+        _DEEPSEEK, n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True), False),
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", dict(
+        _DEEPSEEK, num_attention_heads=6, num_key_value_heads=6, n_group=2, topk_group=1,
+        topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+        False),
+    "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_DENSE_I, moe_intermediate_size=_EXPERT_I, num_hidden_layers=3,
+        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+        first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}), False),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_experts=6, num_experts_per_tok=2), False),
+    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_local_experts=4, num_experts_per_tok=2, attention_bias=True, lm_head_bias=True,
+        router_jitter_noise=0.0), False),
+    "minimax_m2": ("MiniMaxM2Config", "MiniMaxM2ForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_EXPERT_I, num_hidden_layers=2, num_local_experts=6,
+        num_experts_per_tok=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.5}), False),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=2.0, logits_scaling=1.5,
+        residual_multiplier=0.7, attention_multiplier=0.2), False),
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", "Ernie4_5_MoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_DENSE_I,
+        moe_intermediate_size=_EXPERT_I, num_hidden_layers=2, moe_num_experts=4, moe_k=2, moe_num_shared_experts=1,
+        moe_layer_start_index=0), False),
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        _COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=48, intermediate_size=_DENSE_I,
+        moe_intermediate_size=_EXPERT_I, shared_expert_intermediate_size=224, num_hidden_layers=4, num_experts=6,
+        num_experts_per_tok=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
+        linear_value_head_dim=64, linear_conv_kernel_dim=4, decoder_sparse_step=1, mlp_only_layers=[],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}), False),
+    "jamba": ("JambaConfig", "JambaForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=4,
+        num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
+        attn_layer_offset=1, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=24,
+        ), False),
+    "dbrx": ("DbrxConfig", "DbrxForCausalLM", dict(
+        vocab_size=_VOCAB, d_model=_H, n_heads=6, n_layers=2, max_seq_len=512,
+        attn_config={"kv_n_heads": 2}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
+                                                   "moe_top_k": 2}), False),
+}
+FAMILIES = tuple(FAMILY_CONFIGS)
+
+
+def family_config(family):
+    """(config, model class) of the tiny model of `family` (a key of FAMILY_CONFIGS)."""
+    import transformers
+
+    if family not in FAMILY_CONFIGS:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    config_name, model_name, kwargs, _ = FAMILY_CONFIGS[family]
+    return getattr(transformers, config_name)(**kwargs), getattr(transformers, model_name)
+
+
+@torch.no_grad()
+def randomize_family(model, family, seed=0):
+    """`randomize` for a family model: experts stored [E, in, out] take their fan-in from axis -2."""
+    transposed = FAMILY_CONFIGS[family][3]
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if p.dim() == 1:
+            value = noise * NORM_JITTER + (0.0 if name.endswith("bias") else 1.0)
+        elif "embed" in name or "wte" in name:
+            value = noise * INIT_STD
+        else:
+            fan_in = p.shape[-2] if transposed and p.dim() == 3 else p.shape[-1]
+            value = noise * (INIT_STD / math.sqrt(fan_in))
+        p.copy_(value.to(p.dtype))
+    return model
+
+
+def make_tiny_family(family, path, *, seed=0, dtype=torch.bfloat16) -> Path:
+    """Write the tiny random checkpoint of `family` with `save_pretrained` (the hub's layout as
+    transformers writes it) and return its folder."""
+    cfg, cls = family_config(family)
+    torch.manual_seed(seed)
+    model = randomize_family(cls(cfg), family, seed).to(dtype).eval()
+    path = Path(path)
+    model.save_pretrained(path)
+    return path
