@@ -634,6 +634,8 @@ def _write_hf_meta(ckpt, folder, shards, dtype):
     # The folder holds plain floats: an fp8 source's quantization_config would make transformers
     # look for block scales.
     config.pop("quantization_config", None)
+    if ckpt.family is not None and ckpt.family.hf_model_type:
+        config["model_type"] = ckpt.family.hf_model_type
     dtype_name = str(dtype).removeprefix("torch.")
     config["dtype"] = dtype_name
     if "torch_dtype" in config:

@@ -368,6 +368,8 @@ class Family:
         w where transformers multiplies by 1 + w, and its sanitize() adds the 1 only when it sees
         per-expert keys, which a stacked, quantized export has not.
     mlx_conv_axes: write conv1d weights [C, 1, K] as [C, K, 1], for the same reason.
+    hf_model_type: model_type written into the dequantized folder's config.json when transformers
+        knows the architecture under another name (Kimi-K2 is transformers' deepseek_v3).
     dense_first: config key counting the leading dense layers (their MLP is role dense_mlp).
     mtp_layers: config key counting multi-token-prediction layers, stored after the last decoder
         layer; neither mlx-lm nor transformers runs them, so they are left out (read, measured and
@@ -385,6 +387,7 @@ class Family:
     mlx_requires: tuple = ()
     mlx_norm_shift: tuple = ()
     mlx_conv_axes: bool = False
+    hf_model_type: str | None = None
     dense_first: str | None = None
     mtp_layers: str | None = None
 
@@ -428,7 +431,7 @@ FAMILIES = {
                           dense_first="first_k_dense_replace"),
     "deepseek_v3": Family("DeepSeek-V3", DEEPSEEK_V3, "deepseek_v3", **_DEEPSEEK_V3),
     # Kimi-K2's own config says kimi_k2; mlx-lm maps it to deepseek_v3 (utils.MODEL_REMAPPING).
-    "kimi_k2": Family("Kimi-K2", DEEPSEEK_V3, "deepseek_v3", **_DEEPSEEK_V3),
+    "kimi_k2": Family("Kimi-K2", DEEPSEEK_V3, "deepseek_v3", hf_model_type="deepseek_v3", **_DEEPSEEK_V3),
     "glm4_moe": Family("GLM-4-MoE", GLM4_MOE, "glm4_moe", mlx_fields={"partial_rotary_factor": "partial_rotary_factor"},
                        mlx_defaults={"rope_scaling": None}, **_DEEPSEEK_V3),
     "olmoe": Family("OLMoE", OLMOE, "olmoe"),
@@ -439,8 +442,11 @@ FAMILIES = {
         "rotary_dim": lambda text: int(text["head_dim"] * _rope_value(text, "partial_rotary_factor", 1.0)),
         "shared_intermediate_size": 0}),
     "granitemoe": Family("Granite-MoE", GRANITEMOE, "granitemoe"),
-    "jamba": Family("Jamba", JAMBA, "jamba"),
-    "qwen3_next": Family("Qwen3-Next", QWEN3_NEXT, "qwen3_next", mlx_conv_axes=True, mlx_norm_shift=(
+    "jamba": Family("Jamba", JAMBA, None, refused=(
+        "mlx-lm's jamba renormalizes the top-k routing weights (softmax over the chosen experts) where "
+        "transformers' Jamba weights them by the softmax over all experts: the MLX model is another function")),
+    "qwen3_next": Family("Qwen3-Next", QWEN3_NEXT, "qwen3_next", mlx_conv_axes=True,
+                         mlx_fields={"partial_rotary_factor": "partial_rotary_factor"}, mlx_norm_shift=(
         ".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight", ".q_norm.weight",
         ".k_norm.weight")),
     "ernie4_5_moe": Family("ERNIE-4.5-MoE", ERNIE4_5_MOE, None, refused=(

@@ -180,6 +180,14 @@ FAMILY_CONFIGS = {
     "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM", dict(
         _COMMON, **_ATTN, intermediate_size=_EXPERT_I, intermediate_size_mlp=_DENSE_I, num_hidden_layers=4,
         num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2, rms_norm_eps=1e-6), True),
+    # The multimodal wrapper (what the hub's Llama-4 checkpoints are), with a one-layer vision tower.
+    "llama4": ("Llama4Config", "Llama4ForConditionalGeneration", dict(
+        text_config=dict(_COMMON, **_ATTN, intermediate_size=_EXPERT_I, intermediate_size_mlp=_DENSE_I,
+                         num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=1,
+                         interleave_moe_layer_step=2, rms_norm_eps=1e-6),
+        vision_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                           image_size=56, patch_size=14, vision_output_dim=64, projector_input_dim=64,
+                           projector_output_dim=_H)), True),
     # Kimi-K2 is this architecture (model_type kimi_k2 in its own config, deepseek_v3 in transformers).
     "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
         _DEEPSEEK, n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True), False),
@@ -252,7 +260,7 @@ def randomize_family(model, family, seed=0):
         elif "embed" in name or "wte" in name:
             value = noise * INIT_STD
         else:
-            fan_in = p.shape[-2] if transposed and p.dim() == 3 else p.shape[-1]
+            fan_in = p.shape[-2] if transposed and p.dim() == 3 and "experts" in name else p.shape[-1]
             value = noise * (INIT_STD / math.sqrt(fan_in))
         p.copy_(value.to(p.dtype))
     return model
@@ -267,3 +275,75 @@ def make_tiny_family(family, path, *, seed=0, dtype=torch.bfloat16) -> Path:
     path = Path(path)
     model.save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub layouts that differ from what save_pretrained writes.
+
+FP8_BLOCK = 128
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# Roles an fp8 release stores in fp8 (DeepSeek-V3 keeps embedding, head, routers and norms in bf16).
+FP8_ROLES = ("attention", "routed_expert", "shared_expert", "dense_mlp")
+
+
+def to_fp8(w, block=FP8_BLOCK):
+    """(fp8 weight, scale_inv) of a float matrix, one scale per block x block tile (amax / 448)."""
+    rows, cols = w.shape
+    tiles_r, tiles_c = -(-rows // block), -(-cols // block)
+    scale = torch.empty(tiles_r, tiles_c)
+    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    for i in range(tiles_r):
+        for j in range(tiles_c):
+            tile = w[i * block:(i + 1) * block, j * block:(j + 1) * block].float()
+            scale[i, j] = tile.abs().max().clamp_min(1e-12) / FP8_MAX
+            q[i * block:(i + 1) * block, j * block:(j + 1) * block] = (tile / scale[i, j]).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def write_fp8_release(src, dst, mtp_layer=False):
+    """Rewrite checkpoint `src` as an fp8 release in `dst` (DeepSeek-V3's hub layout): the 2-D
+    weights of FP8_ROLES in e4m3 with `weight_scale_inv` block scales and a quantization_config;
+    with `mtp_layer`, one multi-token-prediction layer after the last decoder layer, as the hub
+    checkpoints of DeepSeek-V3, Kimi-K2 and GLM-4.5 store it."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from mint.checkpoint import Checkpoint
+
+    src, dst = Path(src), Path(dst)
+    roles = {r.name: r.role for r in Checkpoint(src).refs}
+    tensors = {}
+    for name, w in load_file(src / "model.safetensors").items():
+        if roles.get(name) in FP8_ROLES and w.dim() == 2:
+            tensors[name], tensors[name + "_scale_inv"] = to_fp8(w.float())
+        else:
+            tensors[name] = w
+    config = json.loads((src / "config.json").read_text())
+    if mtp_layer:
+        n, hidden = config["num_hidden_layers"], config["hidden_size"]
+        gen = torch.Generator().manual_seed(1)
+        tensors[f"model.layers.{n}.eh_proj.weight"] = torch.randn(hidden, 2 * hidden, generator=gen).bfloat16()
+        tensors[f"model.layers.{n}.enorm.weight"] = torch.ones(hidden).bfloat16()
+        tensors[f"model.layers.{n}.mlp.experts.0.up_proj.weight"] = torch.randn(
+            config["moe_intermediate_size"], hidden, generator=gen).bfloat16()
+        config["num_nextn_predict_layers"] = 1
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def write_kimi_k2(src, dst):
+    """A DeepSeek-V3 checkpoint `src` as Kimi-K2 ships it: the same tensors, config model_type kimi_k2."""
+    import json
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["model_type"] = "kimi_k2"
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst

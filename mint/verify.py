@@ -63,9 +63,18 @@ def torch_logits(folder, tokens):
     architecture = (config.get("architectures") or [None])[0]
     cls = getattr(transformers, architecture, None) if architecture else None
     cls = cls or transformers.AutoModelForCausalLM
-    model = cls.from_pretrained(folder, dtype=torch.float32).eval()
+    model, info = cls.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    # A tensor transformers did not load is a randomly initialised one: the comparison would be void.
+    unloaded = sorted(set(info.get("missing_keys", ())) | set(info.get("unexpected_keys", ())))
+    if unloaded:
+        raise ValueError(f"{len(unloaded)} tensors missing or unexpected, e.g. {unloaded[:3]}")
+    # A multimodal wrapper computes text-only logits with its language model (and Llama-4's wrapper
+    # cannot build its output for a text-only call in transformers 5.24).
+    text_model = getattr(model, "language_model", None)
+    if text_model is not None and hasattr(text_model, "lm_head"):
+        model = text_model
     with torch.no_grad():
-        return model(torch.as_tensor(tokens)).logits.float().numpy()
+        return model.eval()(torch.as_tensor(tokens)).logits.float().numpy()
 
 
 # runtime -> function(path of the export, tokens) -> logits
