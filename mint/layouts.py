@@ -316,7 +316,7 @@ QWEN3_NEXT = Layout(
 )
 
 # DBRX stores each layer's experts as three 2-D matrices [E * I, H] (w2 holds the down projections
-# transposed); the rules let inspect and analyze read it (each matrix one unit).
+# transposed); the rules let inspect, analyze and allocate read it (each matrix one unit).
 DBRX = Layout(
     "dbrx",
     _rules(
@@ -329,8 +329,12 @@ DBRX = Layout(
         },
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.router\.layer\.weight$", "role": "router",
          "unit": "{module}"},
-        {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w1|v1|w2)$",
+        {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w1|v1)$",
          "role": "routed_expert", "unit": "{name}"},
+        # w2 [E * I, H] is x @ w2 per expert: stored [in, out], so its groups run along E * I (never
+        # across two experts, I being a multiple of the group size).
+        {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w2)$",
+         "role": "routed_expert", "unit": "{name}", "transpose": True},
     ),
 )
 
