@@ -357,7 +357,7 @@ def check_mlx_support(ckpt):
                               f"MINT writes MLX folders for {mlx_supported()}")
         return
     if family.mlx is None:
-        raise ExportError(f"{ckpt.path}: no MLX export for {family.name} ({mt}) by design: {family.refused}; "
+        raise ExportError(f"{ckpt.path}: no MLX export for {family.name} ({mt}): {family.refused}; "
                           f"MINT writes MLX folders for {mlx_supported()}")
     roles = {r.role for r in ckpt.refs}
     for requirement in family.mlx_requires:

@@ -344,6 +344,25 @@ def _rope_value(text, key, default):
     return text.get(key, (text.get("rope_parameters") or {}).get(key, default))
 
 
+# GPT-OSS: each layer's experts fused, gate and up interleaved along the output (even rows gate) with
+# per-expert biases. The hub stores the expert matrices in MXFP4 (`*_blocks` [E, out, in/32, 16],
+# dequantized on read as [E, out, in]); transformers saves them in bf16 as [E, in, out]. Each fused
+# tensor is one unit here: quantized row by row along the same input axis, gate and up rows measure
+# as the separate stacks mlx-lm builds would.
+_GE = rf"{_L}\.mlp\.experts"
+GPT_OSS = Layout(
+    "gpt_oss",
+    _rules(
+        *_GENERIC[:3],
+        {"pattern": rf"^{_L}\.mlp\.router\.weight$", "role": "router", "unit": "{module}"},
+        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj|down_proj)_blocks$", "role": "routed_expert", "unit": "{name}"},
+        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj|down_proj)$", "role": "routed_expert", "unit": "{name}",
+         "transpose": True},
+        _kept_float(rf"^{_GE}\.(gate_up_proj|down_proj)_bias$"),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Requirement:
     """Something mlx-lm's model of a family assumes: `holds(text_config, roles)` must be true, else
@@ -456,6 +475,9 @@ FAMILIES = {
     "ernie4_5_moe": Family("ERNIE-4.5-MoE", ERNIE4_5_MOE, None, refused=(
         "mlx-lm's ernie4_5_moe drops moe_statics.e_score_correction_bias, which transformers adds to the "
         "routing scores: the MLX model would route tokens to other experts than the checkpoint does")),
+    "gpt_oss": Family("GPT-OSS", GPT_OSS, None, refused=(
+        "MINT does not yet write its interleaved gate_up_proj and the expert biases as mlx-lm's separate "
+        "gate_proj/up_proj stacks (planned)")),
     "dbrx": Family("DBRX", DBRX, None, refused=(
         "mlx-lm's dbrx splits the fused [E*I, H] expert matrices into per-expert linear layers (w2 "
         "transposed) in its sanitize(), which only works on unquantized weights")),

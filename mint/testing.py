@@ -230,6 +230,10 @@ FAMILY_CONFIGS = {
         num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
         attn_layer_offset=1, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=24,
         ), False),
+    # Expert width 160 here: 2 * 96 would equal the hidden size of the fused gate/up.
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=160, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=8), True),
     "dbrx": ("DbrxConfig", "DbrxForCausalLM", dict(
         vocab_size=_VOCAB, d_model=_H, n_heads=6, n_layers=2, max_seq_len=512,
         attn_config={"kv_n_heads": 2, "rope_theta": 10000.0}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
@@ -345,5 +349,47 @@ def write_kimi_k2(src, dst):
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     config["model_type"] = "kimi_k2"
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def to_mxfp4(w):
+    """(blocks, scales) of float matrices [..., rows, cols] in MXFP4, from the format's definition:
+    per block of 32 along the last axis the exponent e = ceil(log2(amax / 6)) (6 is e2m1's largest
+    value), each element the nearest e2m1 value of w / 2^e, two 4-bit codes per byte, low first."""
+    from mint.checkpoint import E2M1_VALUES
+
+    *lead, rows, cols = w.shape
+    groups = w.float().reshape(*lead, rows, cols // 32, 32)
+    amax = groups.abs().amax(-1).clamp_min(2.0**-126)
+    exponent = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    values = torch.tensor(E2M1_VALUES[:8])
+    scaled = groups / torch.exp2(exponent)[..., None]
+    magnitude = (scaled.abs()[..., None] - values).abs().argmin(-1)  # nearest of the 8 magnitudes
+    codes = (magnitude | ((scaled < 0).long() << 3)).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.contiguous(), (exponent + 127).to(torch.uint8)
+
+
+def write_mxfp4_release(src, dst):
+    """Rewrite a GPT-OSS checkpoint `src` (transformers' bf16 layout, experts [E, in, out]) as the hub
+    ships it in `dst`: expert matrices as MXFP4 `<name>_blocks` / `<name>_scales` of [E, out, in], and
+    a quantization_config saying so."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    tensors = {}
+    for name, w in load_file(src / "model.safetensors").items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            tensors[name + "_blocks"], tensors[name + "_scales"] = to_mxfp4(w.float().transpose(-1, -2))
+        else:
+            tensors[name] = w
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst

@@ -18,7 +18,7 @@ from mint.checkpoint import Checkpoint
 from mint.experts import build_units
 from mint.inspect import describe_checkpoint
 from mint.layouts import FAMILIES
-from mint.testing import make_tiny_family, write_fp8_release, write_kimi_k2
+from mint.testing import make_tiny_family, write_fp8_release, write_kimi_k2, write_mxfp4_release
 from mint.verify import TOLERANCE, main as verify_main, verify
 
 pytestmark = pytest.mark.mlx
@@ -44,6 +44,9 @@ CASES = {
     "ernie4_5_moe": ("ernie4_5_moe", "ernie4_5_moe"),
     "jamba": ("jamba", "jamba"),
     "dbrx": ("dbrx", "dbrx"),
+    "gpt_oss": ("gpt_oss", "gpt_oss"),
+    # the hub's GPT-OSS: experts in MXFP4
+    "gpt_oss_mxfp4": ("gpt_oss", "mxfp4:gpt_oss"),
 }
 ROUND_TRIP = [c for c, (mt, _) in CASES.items() if FAMILIES[mt].mlx is not None]
 REFUSED = [c for c, (mt, _) in CASES.items() if FAMILIES[mt].mlx is None]
@@ -68,6 +71,8 @@ def checkpoint(root, case):
     base = checkpoint(root, family)
     if kind == "fp8":
         return write_fp8_release(base, path, mtp_layer=True)
+    if kind == "mxfp4":
+        return write_mxfp4_release(base, path)
     return write_kimi_k2(checkpoint(root, "deepseek_v3_fp8"), path)
 
 
@@ -116,7 +121,7 @@ def test_refused_family_is_read_but_not_exported(root, tmp_path, case):
     with pytest.raises(ex.ExportError) as e:
         ex.export(Checkpoint(path), alloc, tmp_path / "mlx", tmp_path / "hf")
     message = str(e.value)
-    assert "\n" not in message and family.name in message and "by design" in message
+    assert "\n" not in message and family.name in message and family.refused in message
     assert "MINT writes MLX folders for" in message and FAMILIES["mixtral"].name in message
     assert not (tmp_path / "mlx").exists() and not (tmp_path / "hf").exists()
 
@@ -232,3 +237,5 @@ def test_readme_support_matrix_matches_the_family_table():
             assert model_type in tested, f"{model_type}: the README says verified, the matrix does not test it"
         assert row["GGUF export"] == "planned"
         assert row["source formats"].startswith("bf16, fp16, fp32, fp8"), model_type
+        mxfp4_case = any(how.startswith("mxfp4:") and mt == model_type for mt, how in CASES.values())
+        assert ("MXFP4" in row["source formats"]) == mxfp4_case, model_type
