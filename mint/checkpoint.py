@@ -17,6 +17,7 @@ Where each tensor belongs comes from the rules in mint/layouts.py. For example, 
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, layout_for
+from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, family_for, layout_for
 
 # Dtypes on disk we read; anything else (int, fp8 without scales) is a quantized or non-float format.
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -33,6 +34,13 @@ DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 # They are dequantized on read: analysis and export see the real values.
 SCALED_DTYPES = {"F8_E4M3": torch.float8_e4m3fn}
 SCALE_SUFFIX = "_scale_inv"
+# MXFP4 (OCP microscaling, GPT-OSS's expert weights): `<name>_blocks` uint8 [..., rows, cols/32, 16],
+# two e2m1 values per byte (low nibble first), and `<name>_scales` uint8 [..., rows, cols/32], the
+# power-of-two exponent of each block of 32 with bias 127: w = e2m1 * 2^(scale - 127). Dequantized on
+# read; the ref's shape is the matrix's [..., rows, cols] and its dtype "MXFP4".
+MXFP4, MX_BLOCKS, MX_SCALES, MX_BLOCK = "MXFP4", "_blocks", "_scales", 32
+# The 16 e2m1 values by 4-bit code: sign bit 3, exponent bits 1-2 (bias 1), mantissa bit 0.
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 # Bytes per element of every safetensors dtype, to check a header against its file before reading.
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
             "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -41,6 +49,10 @@ INDEX_FILE = "model.safetensors.index.json"
 _MAX_HEADER_BYTES = 100 << 20
 # config.json keys holding the number of routed experts per layer, by architecture.
 _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+# The layer index of a decoder-layer tensor name.
+_LAYER_INDEX = re.compile(r"^(?:model\.|language_model\.model\.|model\.language_model\.)?layers\.(\d+)\.")
 
 
 class CheckpointError(ValueError):
@@ -284,6 +296,7 @@ class Checkpoint:
         if not isinstance(self.model_type, str) or not isinstance(self.text_config, dict):
             raise CheckpointError(f"{config_file}: `model_type` must be a string and `text_config` an object")
         self.architecture = (self.config.get("architectures") or [self.model_type or "unknown"])[0]
+        self.family = family_for(self.config)
         try:
             self.layout = layout_for(self.config, rules)
         except LayoutError as e:
@@ -328,7 +341,16 @@ class Checkpoint:
             if n.endswith(SCALE_SUFFIX) and dtypes.get(n.removesuffix(SCALE_SUFFIX)) in SCALED_DTYPES
             and (weight_map is None or weight_map.get(n) == s)
         }
-        companions = {r.name for r in self.scales.values()}
+        # MXFP4 block scales belong to their `_blocks` tensor: {blocks name: ref of its scales}.
+        self.mx_scales = {
+            n.removesuffix(MX_SCALES) + MX_BLOCKS: TensorRef(name=n, shard=s, shape=tuple(info["shape"]), dtype="U8",
+                                                            role="norm", layer=None, expert=None, proj=None, unit=n)
+            for s, h in headers.items() for n, info in h.items()
+            if n.endswith(MX_SCALES) and info["dtype"] == "U8"
+            and dtypes.get(n.removesuffix(MX_SCALES) + MX_BLOCKS) == "U8"
+            and (weight_map is None or weight_map.get(n) == s)
+        }
+        companions = {r.name for r in self.scales.values()} | {r.name for r in self.mx_scales.values()}
         for shard in self.shards:
             for name, info in headers[shard].items():
                 if weight_map is not None and weight_map.get(name) != shard:
@@ -336,9 +358,12 @@ class Checkpoint:
                 if name in seen:
                     raise CheckpointError(f"{name} is in both {seen[name]} and {shard}")
                 seen[name] = shard
-                if name in companions:
+                if name in companions or self._is_mtp(name):
                     continue
                 scaled = info["dtype"] in SCALED_DTYPES and name in self.scales
+                if name in self.mx_scales:
+                    info = _mxfp4_info(self.path / shard, name, info, self.mx_scales[name])
+                    scaled = True
                 if info["dtype"] not in DTYPES and not scaled:
                     raise CheckpointError(_dtype_message(self.path / shard, name, info["dtype"]))
                 try:
@@ -362,6 +387,15 @@ class Checkpoint:
                 + HOW_TO_ADD_RULES
             )
         return refs
+
+    def _is_mtp(self, name):
+        """True for a tensor of a multi-token-prediction layer (Family.mtp_layers): stored as layers
+        num_hidden_layers.. after the decoder, run by neither transformers nor mlx-lm, so left out."""
+        if self.family is None or self.family.mtp_layers is None:
+            return False
+        m = _LAYER_INDEX.match(name)
+        layers = self.text_config.get("num_hidden_layers")
+        return bool(m) and _is_count(layers) and int(m.group(1)) >= layers
 
     def units(self) -> dict[str, list[TensorRef]]:
         """unit -> its refs (experts in index order), in the order units first appear on disk."""
@@ -438,6 +472,8 @@ class Checkpoint:
         start, spans = self._spans[ref.shard]
         begin, end, dtype = spans[ref.name]
         shape = list(ref.shape)
+        if ref.dtype == MXFP4:
+            dtype, shape = "U8", [*shape[:-1], shape[-1] // MX_BLOCK, MX_BLOCK // 2]
         if expert is not None:
             slab = (end - begin) // shape[0]
             begin, end, shape = begin + expert * slab, begin + (expert + 1) * slab, shape[1:]
@@ -446,11 +482,13 @@ class Checkpoint:
             f.seek(start + begin)
             if f.readinto(buf) != len(buf):
                 raise OSError(f"file ends before the {end - begin} bytes of {ref.name!r}")
-        torch_dtype = DTYPES.get(dtype) or SCALED_DTYPES[dtype]
+        torch_dtype = DTYPES.get(dtype) or SCALED_DTYPES.get(dtype) or torch.uint8
         t = torch.frombuffer(buf, dtype=torch_dtype) if buf else torch.empty(0, dtype=torch_dtype)
         t = t.reshape(shape)
         if dtype in SCALED_DTYPES:
             t = dequantize_blocks(t, self._block_scales(ref, expert), self._block_size())
+        if ref.dtype == MXFP4:
+            t = dequantize_mxfp4(t, self._read_bytes(self.mx_scales[ref.name], expert))
         if ref.split is not None:
             index = _slices(ref, None)
             t = t[index[1:] if expert is not None else index]
@@ -470,6 +508,27 @@ class Checkpoint:
                                   f"{list(scale_ref.shape)}) are not float scales per 2-D block of {ref.name!r} "
                                   f"{list(ref.shape)}")
         return self._read_bytes(scale_ref, expert).float()
+
+
+def _mxfp4_info(path, name, info, scales):
+    """The header entry of an MXFP4 `_blocks` tensor as the matrix it encodes: dtype MXFP4, shape
+    [..., rows, cols]. Raises CheckpointError when blocks and scales do not fit together."""
+    shape = info["shape"]
+    if len(shape) < 3 or shape[-1] != MX_BLOCK // 2 or list(scales.shape) != shape[:-1]:
+        raise CheckpointError(f"{path}: MXFP4 tensor {name!r} {shape} and its scales {scales.name!r} "
+                              f"{list(scales.shape)} are not [..., rows, cols/32, 16] and [..., rows, cols/32]")
+    return {**info, "dtype": MXFP4, "shape": [*shape[:-2], shape[-2] * MX_BLOCK]}
+
+
+def dequantize_mxfp4(blocks, scales):
+    """MXFP4 blocks uint8 [..., rows, cols/32, 16] with exponents uint8 [..., rows, cols/32] -> float32
+    [..., rows, cols]: byte j of a block holds elements 2j (low nibble) and 2j + 1 (high nibble),
+    each the e2m1 value of its code times 2^(exponent - 127)."""
+    lut = torch.tensor(E2M1_VALUES, dtype=torch.float32)
+    codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).long()  # [..., rows, cols/32, 16, 2]
+    values = lut[codes].flatten(-2)  # [..., rows, cols/32, 32]
+    scale = torch.exp2(scales.float() - 127.0)[..., None]
+    return (values * scale).flatten(-2)
 
 
 def dequantize_blocks(w, scales, block=None):

@@ -148,6 +148,10 @@ def convert(source, budget, out, fmt="mlx", faithful=False, work=None, overwrite
     started = time.perf_counter()
     path = resolve_source(source)
     preset = FAITHFUL_PRESET if faithful else DEFAULT_PRESET
+    if fmt == "mlx":
+        from mint.export import check_mlx_support
+
+        check_mlx_support(Checkpoint(path))  # a family mlx-lm cannot load is refused before the analysis
     units, folder, reused = prepare_units(path, PRESETS[preset]["clip"], work, progress)
     allocation = allocate_preset(units, budget, preset)
     alloc.write_allocation(allocation, folder / "allocations" / f"{preset}-{allocation['budget_bytes']}.json",

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16, read_header
+from mint.layouts import mlx_supported
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
 
 GIB = 1024**3
@@ -173,12 +174,13 @@ class OutTensor:
         return math.prod(self.shape) * ITEMSIZE[self.dtype]
 
 
-def mlx_tensors(unit, refs, config, dtype16):
+def mlx_tensors(unit, refs, config, dtype16, family=None):
     """The MLX tensors of one unit: `<unit>.weight` (+ `.scales`, `.biases`), or the parameter itself."""
     d16 = ST_DTYPES[dtype16]
     ref = refs[0]
     if not ref.quantizable:
-        return [OutTensor(unit, d16, ref.shape)]
+        shape = tuple(mlx_parameter(family, unit, torch.empty(ref.shape, device="meta")).shape)
+        return [OutTensor(unit, d16, shape)]
     out, inp = ref.out_in
     lead = (sum(r.n_experts for r in refs),) if ref.role == "routed_expert" else ()
     if config == FULL:
@@ -328,42 +330,97 @@ def _flatten_rope(cfg):
         cfg["rope_scaling"] = {**scaling, "type": rope_type, "rope_type": rope_type}
 
 
+def _mlx_has_module(model_type):
+    """Whether the installed mlx-lm has a model module for `model_type` (True when it is absent:
+    then nothing here can tell, and the user's own mlx-lm decides)."""
+    import importlib.util
+
+    try:
+        from mlx_lm.utils import MODEL_REMAPPING
+    except ImportError:
+        return True
+    module = MODEL_REMAPPING.get(model_type, model_type)
+    return importlib.util.find_spec(f"mlx_lm.models.{module}") is not None
+
+
 def check_mlx_support(ckpt):
-    """Raise ExportError for checkpoints mlx-lm's model of the same type cannot represent."""
-    text, mt = ckpt.text_config, ckpt.model_type
+    """Raise ExportError, before any weight is read, for a checkpoint mlx-lm cannot load as we write it.
+
+    The family table (mint/layouts.py) says which families are refused by design and what mlx-lm's
+    model of each assumes; an architecture with no family passes only when mlx-lm has a module of
+    that model_type (its tensors were then placed by the user's rules).
+    """
+    family, mt = ckpt.family, ckpt.model_type
+    if family is None:
+        if not _mlx_has_module(mt):
+            raise ExportError(f"{ckpt.path}: mlx-lm has no model for model_type {mt!r} ({ckpt.architecture}); "
+                              f"MINT writes MLX folders for {mlx_supported()}")
+        return
+    if family.mlx is None:
+        raise ExportError(f"{ckpt.path}: no MLX export for {family.name} ({mt}): {family.refused}; "
+                          f"MINT writes MLX folders for {mlx_supported()}")
     roles = {r.role for r in ckpt.refs}
-    if mt == "qwen2_moe" and "dense_mlp" in roles:
-        raise ExportError("mlx-lm's qwen2_moe has no dense MLP layers (decoder_sparse_step/mlp_only_layers)")
-    if mt in ("qwen2_moe", "llama4", "llama4_text") and "lm_head" not in roles:
-        raise ExportError(f"mlx-lm's {mt} needs an lm_head; this checkpoint ties it to the embedding")
-    if mt in ("llama4", "llama4_text"):
-        if text.get("num_experts_per_tok", 1) != 1:
-            raise ExportError("mlx-lm's llama4 routes each token to one expert (num_experts_per_tok must be 1)")
-        step, n = text.get("interleave_moe_layer_step", 1), text["num_hidden_layers"]
-        if text.get("moe_layers") is not None and list(text["moe_layers"]) != list(range(step - 1, n, step)):
-            raise ExportError("mlx-lm's llama4 places MoE layers every interleave_moe_layer_step layers only")
-        if n < 4:
-            raise ExportError("mlx-lm's llama4 needs at least 4 layers (it indexes the 4th layer's cache)")
+    for requirement in family.mlx_requires:
+        if not requirement.holds(ckpt.text_config, roles):
+            raise ExportError(f"{ckpt.path}: mlx-lm's {family.mlx} model of {family.name} {requirement.reason}")
+
+
+def _config_value(text, key):
+    """`key` of a (text) config, else of its rope_parameters (transformers 5 nests rope settings)."""
+    if key in text:
+        return text[key]
+    return (text.get("rope_parameters") or {}).get(key)
 
 
 def mlx_config(ckpt, quantization):
-    """The config.json mlx-lm needs for the exported folder."""
+    """The config.json mlx-lm needs for the exported folder: the checkpoint's, with the fields the
+    family's mlx-lm ModelArgs reads (Family.mlx_fields, mlx_defaults) and the quantization dict."""
     cfg = copy.deepcopy(ckpt.config)
     text = cfg.get("text_config", cfg)
     _flatten_rope(text)
-    if ckpt.model_type == "qwen3_moe" and "num_experts" not in text:
-        text["num_experts"] = text["num_local_experts"]  # transformers 5 renamed it
-    if ckpt.model_type in ("llama4", "llama4_text"):
-        # mlx-lm has the multimodal llama4 (text under text_config, weights under language_model.);
-        # rope_scaling is a required field there.
-        text.setdefault("rope_scaling", None)
-        if ckpt.model_type == "llama4_text":
+    family = ckpt.family
+    if family is not None:
+        for name, key in family.mlx_fields.items():
+            if name not in text and _config_value(text, key) is not None:
+                text[name] = _config_value(text, key)
+        for name, value in family.mlx_defaults.items():
+            if text.get(name) is None:
+                text[name] = value(text) if callable(value) else copy.deepcopy(value)
+        if family.mlx_wrap_text:
+            # mlx-lm has the multimodal model only: the text config goes under text_config.
             top = {k: text[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in text}
-            cfg = {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"], "text_config": text, **top}
+            cfg = {"model_type": family.mlx_model_type, "text_config": text, **top}
+        elif family.mlx_model_type:
+            cfg["model_type"] = family.mlx_model_type
+        # A vision tower is not exported (mlx-lm's text models drop its weights).
         cfg.pop("vision_config", None)
     cfg["quantization"] = quantization
     cfg["quantization_config"] = quantization
     return dict(sorted(cfg.items()))
+
+
+def mlx_parameter(family, name, w):
+    """A 16-bit parameter as the MLX folder stores it: the family's norm shift and conv axes
+    (Family.mlx_norm_shift, mlx_conv_axes), which mlx-lm's sanitize() skips on a stacked export."""
+    if family is None:
+        return w
+    if w.dim() == 1 and any(name.endswith(s) for s in family.mlx_norm_shift):
+        return w + 1.0
+    if family.mlx_conv_axes and name.endswith("conv1d.weight") and w.dim() == 3 and w.shape[-1] != 1:
+        return w.transpose(1, 2)
+    return w
+
+
+def hf_parameter(family, name, w_mlx):
+    """Undo `mlx_parameter` on what the MLX folder holds (already rounded to 16 bits): the value the
+    dequantized folder must hold for transformers to compute what mlx-lm computes."""
+    if family is None:
+        return w_mlx
+    if w_mlx.dim() == 1 and any(name.endswith(s) for s in family.mlx_norm_shift):
+        return w_mlx - 1.0
+    if family.mlx_conv_axes and name.endswith("conv1d.weight") and w_mlx.dim() == 3 and w_mlx.shape[1] != 1:
+        return w_mlx.transpose(1, 2)
+    return w_mlx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,13 +437,14 @@ def _matrix(ckpt, ref, e):
     return ckpt.read(ref) if e is None else ckpt.read_expert(ref, e)
 
 
-def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False):
-    """Write matrix `w` of `ref` (expert index `expert`) into its unit; return what MLX rebuilds."""
+def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False, family=None):
+    """Write matrix `w` of `ref` (expert index `expert`) into its unit; return what MLX rebuilds
+    (for a parameter the family stores otherwise, in the checkpoint's convention)."""
     unit = ref.unit
     if not ref.quantizable:
-        w16 = w.to(dtype16)
+        w16 = mlx_parameter(family, unit, w.float()).to(dtype16)
         writer.write(unit, w16)
-        return w16.float() if want_dequant else None
+        return hf_parameter(family, unit, w16.float()) if want_dequant else None
     out, inp = ref.out_in
     row0 = expert * out
     if config == FULL:
@@ -420,7 +478,7 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
                 w = _matrix(ckpt, ref, e)
                 expert = e if fused else (ref.expert or 0)
                 parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
-                                        hf_writer is not None, ref.unit in clip))
+                                        hf_writer is not None, ref.unit in clip, ckpt.family))
             if hf_writer is not None:
                 first_row = 0 if e is None else e * refs[0].shape[-2]
                 hf_writer.write(name, _disk_layout(refs, parts).to(dequant_dtype), first_row)
@@ -524,7 +582,7 @@ def export(
     check_quantization(ckpt, configs, quantization)
     units = ckpt.units()
 
-    planned = {u: mlx_tensors(u, refs, configs[u], dtype16) for u, refs in units.items()}
+    planned = {u: mlx_tensors(u, refs, configs[u], dtype16, ckpt.family) for u, refs in units.items()}
     plan = plan_shards([t for ts in planned.values() for t in ts], max_shard_bytes)
     mlx_shards = dict(zip(shard_names(len(plan)), plan))
     hf_dtype = ST_DTYPES[dequant_dtype]
@@ -576,6 +634,8 @@ def _write_hf_meta(ckpt, folder, shards, dtype):
     # The folder holds plain floats: an fp8 source's quantization_config would make transformers
     # look for block scales.
     config.pop("quantization_config", None)
+    if ckpt.family is not None and ckpt.family.hf_model_type:
+        config["model_type"] = ckpt.family.hf_model_type
     dtype_name = str(dtype).removeprefix("torch.")
     config["dtype"] = dtype_name
     if "torch_dtype" in config:

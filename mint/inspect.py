@@ -10,7 +10,8 @@ from mint.checkpoint import Checkpoint, CheckpointError
 
 GIB = 1024**3
 # How `mint inspect` names the dtypes on disk; fp8 tensors are dequantized on read.
-DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8 e4m3 with block scales (dequantized on read)"}
+DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8 e4m3 with block scales (dequantized on read)",
+              "MXFP4": "MXFP4 (dequantized on read)"}
 
 
 def describe_checkpoint(path, rules=None):

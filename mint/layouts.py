@@ -224,14 +224,275 @@ LLAMA4 = Layout(
     mlx_prefix="language_model.",
 )
 
-# config.json `model_type` -> layout
-LAYOUTS = {
-    "mixtral": MIXTRAL,
-    "qwen2_moe": QWEN2_MOE,
-    "qwen3_moe": QWEN3_MOE,
-    "llama4": LLAMA4,
-    "llama4_text": LLAMA4,
+
+
+
+def _kept_float(pattern):
+    """A rule for a matrix the runtime cannot quantize: role "other", so it stays in 16 bits under
+    its own parameter path (mlx-lm loads `<module>.weight` into the float module as it is)."""
+    return {"pattern": pattern, "role": "other", "unit": "{name}"}
+
+
+# DeepSeek-V2/V3 (and Kimi-K2, GLM-4-MoE): per-expert keys under mlp.experts, shared experts under
+# mlp.shared_experts, the first `first_k_dense_replace` layers dense (mlp.gate_proj, ...).
+# mlx-lm's router there is `MoEGate`, a module with a bare `weight` and no `to_quantized`: a
+# quantized router makes load_model fail ("Unable to quantize model of type MoEGate").
+_DEEPSEEK_ROUTER = _kept_float(rf"^{_L}\.mlp\.gate\.weight$")
+DEEPSEEK_V2 = Layout("deepseek_v2", _rules(_DEEPSEEK_ROUTER, *_GENERIC))
+DEEPSEEK_V3 = Layout(
+    "deepseek_v3",
+    _rules(
+        _DEEPSEEK_ROUTER,
+        # deepseek_v3.py sanitize() splits kv_b_proj per head into embed_q (transposed) and
+        # unembed_out and, when it was quantized, dequantizes and quantizes both again along their new
+        # input axes: other groups than the ones we chose, so the file would not be the model we
+        # measured. Kept in 16 bits, the split is exact.
+        _kept_float(rf"^{_L}\.self_attn\.kv_b_proj\.weight$"),
+        *_GENERIC,
+    ),
+)
+GLM4_MOE = Layout("glm4_moe", _rules(_DEEPSEEK_ROUTER, *_GENERIC))
+OLMOE = Layout("olmoe", _rules(*_GENERIC))
+# ERNIE-4.5-MoE's routing-score correction is a [1, E] matrix, not a router: kept as it is.
+ERNIE4_5_MOE = Layout(
+    "ernie4_5_moe", _rules(_kept_float(rf"^{_L}\.mlp\.moe_statics\.e_score_correction_bias$"), *_GENERIC)
+)
+# Phi-MoE and MiniMax-M2 name their experts as Mixtral does (w1/w2/w3 under block_sparse_moe).
+PHIMOE = Layout("phimoe", MIXTRAL.rules)
+MINIMAX_M2 = Layout("minimax_m2", MIXTRAL.rules)
+
+# Granite-MoE fuses each layer's experts: input_linear [E, 2I, H] (gate before up, granitemoe.py
+# sanitize() splits it in two halves along axis 1) and output_linear [E, H, I].
+_GRANITE_MOE = rf"{_L}\.block_sparse_moe"
+GRANITEMOE = Layout(
+    "granitemoe",
+    _rules(
+        *_GENERIC[:3],
+        {"pattern": rf"^{_GRANITE_MOE}\.router\.layer\.weight$", "role": "router", "unit": "{module}"},
+        {
+            "pattern": rf"^{_GRANITE_MOE}\.(?P<proj>input_linear)\.weight$",
+            "role": "routed_expert",
+            "unit": "model.layers.{layer}.block_sparse_moe.switch_mlp.{proj}",
+            "parts": ["gate_proj", "up_proj"],
+        },
+        {
+            "pattern": rf"^{_GRANITE_MOE}\.(?P<proj>output_linear)\.weight$",
+            "role": "routed_expert",
+            "unit": "model.layers.{layer}.block_sparse_moe.switch_mlp.{proj}",
+            "proj_map": {"output_linear": "down_proj"},
+        },
+    ),
+)
+
+# Jamba: experts under feed_forward (MoE every `expert_layer_period` layers, dense feed_forward in
+# the others), Mamba mixers in most layers. The Mamba projections are linear layers like attention;
+# conv1d [C, 1, K] and A_log stay as they are (jamba.py sanitize() moves the conv axes itself).
+_JF = rf"{_L}\.feed_forward"
+JAMBA = Layout(
+    "jamba",
+    _rules(
+        *_GENERIC[:3],
+        _kept_float(rf"^{_L}\.mamba\.(conv1d\.weight|A_log)$"),
+        {"pattern": rf"^{_L}\.mamba\.(?P<proj>\w+)\.weight$", "role": "attention", "unit": "{module}"},
+        {"pattern": rf"^{_JF}\.router\.weight$", "role": "router", "unit": "{module}"},
+        {
+            "pattern": rf"^{_JF}\.experts\.(?P<expert>\d+)\.(?P<proj>\w+)\.weight$",
+            "role": "routed_expert",
+            "unit": "model.layers.{layer}.feed_forward.switch_mlp.{proj}",
+        },
+        {"pattern": rf"^{_JF}\.(?P<proj>\w+)\.weight$", "role": "dense_mlp", "unit": "{module}"},
+    ),
+)
+
+# Qwen3-Next: full attention every `full_attention_interval` layers, Gated DeltaNet (linear_attn) in
+# the others; experts per expert plus a shared expert with its gate, as Qwen2-MoE.
+QWEN3_NEXT = Layout(
+    "qwen3_next",
+    _rules(
+        _kept_float(rf"^{_L}\.linear_attn\.(conv1d\.weight|A_log)$"),
+        {"pattern": rf"^{_L}\.linear_attn\.(?P<proj>\w+)\.weight$", "role": "attention", "unit": "{module}"},
+        *_GENERIC,
+    ),
+)
+
+# DBRX stores each layer's experts as three 2-D matrices [E * I, H] (w2 holds the down projections
+# transposed); the rules let inspect, analyze and allocate read it (each matrix one unit).
+DBRX = Layout(
+    "dbrx",
+    _rules(
+        {"pattern": r"^transformer\.wte\.weight$", "role": "embedding", "unit": "transformer.wte"},
+        {"pattern": r"^lm_head\.weight$", "role": "lm_head", "unit": "lm_head"},
+        {
+            "pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.norm_attn_norm\.attn\.(?P<proj>\w+)\.weight$",
+            "role": "attention",
+            "unit": "{module}",
+        },
+        {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.router\.layer\.weight$", "role": "router",
+         "unit": "{module}"},
+        {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w1|v1)$",
+         "role": "routed_expert", "unit": "{name}"},
+        # w2 [E * I, H] is x @ w2 per expert: stored [in, out], so its groups run along E * I (never
+        # across two experts, I being a multiple of the group size).
+        {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w2)$",
+         "role": "routed_expert", "unit": "{name}", "transpose": True},
+    ),
+)
+
+
+def _rope_value(text, key, default):
+    """`key` of a config, else of its rope_parameters (transformers 5 nests rope settings there)."""
+    return text.get(key, (text.get("rope_parameters") or {}).get(key, default))
+
+
+# GPT-OSS: each layer's experts fused, gate and up interleaved along the output (even rows gate) with
+# per-expert biases. The hub stores the expert matrices in MXFP4 (`*_blocks` [E, out, in/32, 16],
+# dequantized on read as [E, out, in]); transformers saves them in bf16 as [E, in, out]. Each fused
+# tensor is one unit here: quantized row by row along the same input axis, gate and up rows measure
+# as the separate stacks mlx-lm builds would.
+_GE = rf"{_L}\.mlp\.experts"
+GPT_OSS = Layout(
+    "gpt_oss",
+    _rules(
+        *_GENERIC[:3],
+        {"pattern": rf"^{_L}\.mlp\.router\.weight$", "role": "router", "unit": "{module}"},
+        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj|down_proj)_blocks$", "role": "routed_expert", "unit": "{name}"},
+        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj|down_proj)$", "role": "routed_expert", "unit": "{name}",
+         "transpose": True},
+        _kept_float(rf"^{_GE}\.(gate_up_proj|down_proj)_bias$"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Something mlx-lm's model of a family assumes: `holds(text_config, roles)` must be true, else
+    the export is refused with `reason` before any weight is read."""
+
+    holds: object  # callable(text_config: dict, roles: set[str]) -> bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Family:
+    """What MINT knows about one MoE family: its layout on disk and what mlx-lm needs of an export.
+
+    mlx: the mlx-lm module (mlx_lm/models/<mlx>.py) that loads it, or None when the MLX export is
+        refused by design, `refused` saying why (inspect, analyze and allocate still read it).
+    mlx_model_type: model_type written into the MLX config.json when mlx-lm calls it otherwise.
+    mlx_wrap_text: mlx-lm has only the multimodal model: the text config goes under `text_config`
+        of a config whose model_type is `mlx_model_type`.
+    mlx_fields: {mlx-lm ModelArgs field: transformers config key} copied when the field is absent;
+        the key is looked up in the config, then in its `rope_parameters` (transformers 5 nests rope
+        settings there, mlx-lm reads them flat).
+    mlx_defaults: ModelArgs fields set when absent (fields mlx-lm requires that transformers omits);
+        a callable value is computed from the (text) config.
+    mlx_requires: Requirements of mlx-lm's model (e.g. Llama-4 routes to one expert).
+    mlx_norm_shift: suffixes of the 1-D norm weights written +1: the runtime's RMSNorm multiplies by
+        w where transformers multiplies by 1 + w, and its sanitize() adds the 1 only when it sees
+        per-expert keys, which a stacked, quantized export has not.
+    mlx_conv_axes: write conv1d weights [C, 1, K] as [C, K, 1], for the same reason.
+    hf_model_type: model_type written into the dequantized folder's config.json when transformers
+        knows the architecture under another name (Kimi-K2 is transformers' deepseek_v3).
+    dense_first: config key counting the leading dense layers (their MLP is role dense_mlp).
+    mtp_layers: config key counting multi-token-prediction layers, stored after the last decoder
+        layer; neither mlx-lm nor transformers runs them, so they are left out (read, measured and
+        written by nobody).
+    """
+
+    name: str
+    layout: Layout
+    mlx: str | None
+    refused: str = ""
+    mlx_model_type: str | None = None
+    mlx_wrap_text: bool = False
+    mlx_fields: dict = field(default_factory=dict)
+    mlx_defaults: dict = field(default_factory=dict)
+    mlx_requires: tuple = ()
+    mlx_norm_shift: tuple = ()
+    mlx_conv_axes: bool = False
+    hf_model_type: str | None = None
+    dense_first: str | None = None
+    mtp_layers: str | None = None
+
+
+# DeepSeek-V2's attention always builds a YaRN rope from rope_scaling["factor"]: with no scaling in
+# the config, YaRN of factor 1 is the plain rope transformers computes.
+_UNSCALED_YARN = {"rope_scaling": {"type": "yarn", "rope_type": "yarn", "factor": 1.0}}
+_NEEDS_HEAD = Requirement(lambda text, roles: "lm_head" in roles,
+                          "needs an lm_head; this checkpoint ties it to the embedding")
+_LLAMA4_REQUIRES = (
+    _NEEDS_HEAD,
+    Requirement(lambda text, roles: text.get("num_experts_per_tok", 1) == 1,
+                "routes each token to one expert (num_experts_per_tok must be 1)"),
+    Requirement(lambda text, roles: text.get("moe_layers") is None or list(text["moe_layers"]) == list(
+        range(text.get("interleave_moe_layer_step", 1) - 1, text["num_hidden_layers"],
+              text.get("interleave_moe_layer_step", 1))),
+        "places MoE layers every interleave_moe_layer_step layers only"),
+    Requirement(lambda text, roles: text["num_hidden_layers"] >= 4,
+                "needs at least 4 layers (it indexes the 4th layer's cache)"),
+)
+_HEAD_DIM_FROM_HIDDEN = Requirement(
+    lambda text, roles: text.get("head_dim") in (None, text["hidden_size"] // text["num_attention_heads"]),
+    "derives head_dim from hidden_size / num_attention_heads; this config sets another head_dim")
+_DEEPSEEK_V3 = dict(dense_first="first_k_dense_replace", mtp_layers="num_nextn_predict_layers")
+
+# config.json `model_type` -> family. One place for every fact about a family.
+FAMILIES = {
+    "mixtral": Family("Mixtral", MIXTRAL, "mixtral", mlx_requires=(_HEAD_DIM_FROM_HIDDEN,)),
+    "qwen2_moe": Family("Qwen2-MoE", QWEN2_MOE, "qwen2_moe", mlx_requires=(
+        _NEEDS_HEAD,
+        Requirement(lambda text, roles: "dense_mlp" not in roles,
+                    "has no dense MLP layers (decoder_sparse_step/mlp_only_layers)"),
+    )),
+    "qwen3_moe": Family("Qwen3-MoE", QWEN3_MOE, "qwen3_moe", mlx_fields={"num_experts": "num_local_experts"}),
+    "llama4": Family("Llama-4", LLAMA4, "llama4", mlx_defaults={"rope_scaling": None},
+                     mlx_requires=_LLAMA4_REQUIRES),
+    # mlx-lm's llama4_text is a dense model: the MoE text model goes into the multimodal wrapper.
+    "llama4_text": Family("Llama-4 (text-only)", LLAMA4, "llama4", mlx_model_type="llama4", mlx_wrap_text=True,
+                          mlx_defaults={"rope_scaling": None}, mlx_requires=_LLAMA4_REQUIRES),
+    "deepseek_v2": Family("DeepSeek-V2", DEEPSEEK_V2, "deepseek_v2", mlx_defaults=_UNSCALED_YARN,
+                          dense_first="first_k_dense_replace"),
+    "deepseek_v3": Family("DeepSeek-V3", DEEPSEEK_V3, "deepseek_v3", **_DEEPSEEK_V3),
+    # Kimi-K2's own config says kimi_k2; mlx-lm maps it to deepseek_v3 (utils.MODEL_REMAPPING).
+    "kimi_k2": Family("Kimi-K2", DEEPSEEK_V3, "deepseek_v3", hf_model_type="deepseek_v3", **_DEEPSEEK_V3),
+    "glm4_moe": Family("GLM-4-MoE", GLM4_MOE, "glm4_moe", mlx_fields={"partial_rotary_factor": "partial_rotary_factor"},
+                       mlx_defaults={"rope_scaling": None}, **_DEEPSEEK_V3),
+    "olmoe": Family("OLMoE", OLMOE, "olmoe"),
+    "phimoe": Family("Phi-MoE", PHIMOE, "phimoe"),
+    # Released MiniMax-M2 configs carry rotary_dim; transformers 5 turns it into partial_rotary_factor.
+    # shared_intermediate_size is a field mlx-lm's minimax requires and never uses.
+    "minimax_m2": Family("MiniMax-M2", MINIMAX_M2, "minimax", mlx_defaults={
+        "rotary_dim": lambda text: int(text["head_dim"] * _rope_value(text, "partial_rotary_factor", 1.0)),
+        "shared_intermediate_size": 0}),
+    "granitemoe": Family("Granite-MoE", GRANITEMOE, "granitemoe"),
+    "jamba": Family("Jamba", JAMBA, None, refused=(
+        "mlx-lm's jamba renormalizes the top-k routing weights (softmax over the chosen experts) where "
+        "transformers' Jamba weights them by the softmax over all experts: the MLX model is another function")),
+    "qwen3_next": Family("Qwen3-Next", QWEN3_NEXT, "qwen3_next", mlx_conv_axes=True,
+                         mlx_fields={"partial_rotary_factor": "partial_rotary_factor"}, mlx_norm_shift=(
+        ".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight", ".q_norm.weight",
+        ".k_norm.weight")),
+    "ernie4_5_moe": Family("ERNIE-4.5-MoE", ERNIE4_5_MOE, None, refused=(
+        "mlx-lm's ernie4_5_moe drops moe_statics.e_score_correction_bias, which transformers adds to the "
+        "routing scores: the MLX model would route tokens to other experts than the checkpoint does")),
+    "gpt_oss": Family("GPT-OSS", GPT_OSS, None, refused=(
+        "MINT does not yet write its interleaved gate_up_proj and the expert biases as mlx-lm's separate "
+        "gate_proj/up_proj stacks (planned)")),
+    "dbrx": Family("DBRX", DBRX, None, refused=(
+        "mlx-lm's dbrx splits the fused [E*I, H] expert matrices into per-expert linear layers (w2 "
+        "transposed) in its sanitize(), which only works on unquantized weights")),
 }
+LAYOUTS = {model_type: family.layout for model_type, family in FAMILIES.items()}
+
+
+def family_for(config):
+    """The Family of a config.json dict, or None for a model_type MINT has no family for."""
+    return FAMILIES.get(config.get("model_type"))
+
+
+def mlx_supported():
+    """"Name (model_type)" of every family an MLX export is written for, for error messages."""
+    return ", ".join(f"{f.name} ({t})" for t, f in FAMILIES.items() if f.mlx is not None)
 
 
 def layout_for(config, rules=None):

@@ -143,3 +143,253 @@ def make_tiny_checkpoint(
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(path, **kwargs)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The family matrix (issue 14): one tiny model per MoE family users run, built from its transformers
+# class. Every dimension has its own size (hidden 192, expert width 96, dense width 320, head dims 16
+# to 48, LoRA ranks 64 and 160, ...) so a swapped axis cannot pass a shape check or a logits check;
+# every input dimension is a multiple of 32 so each unit has a quantized option.
+
+# Sizes shared by the family configs: hidden 192, expert width 96, dense width 320, 5 query heads
+# and 1 key/value head of 32 (attention width 160), vocabulary 256.
+_H, _EXPERT_I, _DENSE_I, _VOCAB = 192, 96, 320, 256
+_COMMON = dict(vocab_size=_VOCAB, hidden_size=_H, tie_word_embeddings=False, max_position_embeddings=512,
+               bos_token_id=1, eos_token_id=2)
+_ATTN = dict(num_attention_heads=5, num_key_value_heads=1, head_dim=32)
+_DEEPSEEK = dict(
+    _COMMON, intermediate_size=_DENSE_I, moe_intermediate_size=_EXPERT_I, num_hidden_layers=3,
+    num_attention_heads=5, num_key_value_heads=5, n_routed_experts=8, n_shared_experts=1,
+    num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=64, q_lora_rank=224,
+    qk_rope_head_dim=16, qk_nope_head_dim=24, v_head_dim=64)
+
+# family -> (transformers config class, model class, config kwargs, experts stored [E, in, out] in memory)
+FAMILY_CONFIGS = {
+    # mlx-lm's mixtral derives head_dim from hidden_size / num_attention_heads.
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, head_dim=32, intermediate_size=_EXPERT_I, num_hidden_layers=2, num_local_experts=4,
+        num_experts_per_tok=2), False),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        _COMMON, num_attention_heads=5, num_key_value_heads=1, intermediate_size=_DENSE_I,
+        moe_intermediate_size=_EXPERT_I, shared_expert_intermediate_size=224, num_hidden_layers=2, num_experts=6,
+        num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False), False),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_DENSE_I, moe_intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_experts=6, num_experts_per_tok=2, norm_topk_prob=True), False),
+    # mlx-lm's llama4 routes to one expert, needs 4 layers and uses eps 1e-6 in its qk-norm.
+    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_EXPERT_I, intermediate_size_mlp=_DENSE_I, num_hidden_layers=4,
+        num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2, rms_norm_eps=1e-6), True),
+    # The multimodal wrapper (what the hub's Llama-4 checkpoints are), with a one-layer vision tower.
+    "llama4": ("Llama4Config", "Llama4ForConditionalGeneration", dict(
+        text_config=dict(_COMMON, **_ATTN, intermediate_size=_EXPERT_I, intermediate_size_mlp=_DENSE_I,
+                         num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=1,
+                         interleave_moe_layer_step=2, rms_norm_eps=1e-6),
+        vision_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                           image_size=56, patch_size=14, vision_output_dim=64, projector_input_dim=64,
+                           projector_output_dim=_H)), True),
+    # Kimi-K2 is this architecture (model_type kimi_k2 in its own config, deepseek_v3 in transformers).
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
+        _DEEPSEEK, n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True), False),
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", dict(
+        _DEEPSEEK, num_attention_heads=6, num_key_value_heads=6, n_group=2, topk_group=1,
+        topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+        False),
+    "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_DENSE_I, moe_intermediate_size=_EXPERT_I, num_hidden_layers=3,
+        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+        first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}), False),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_experts=6, num_experts_per_tok=2), False),
+    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_local_experts=4, num_experts_per_tok=2, attention_bias=True, lm_head_bias=True,
+        router_jitter_noise=0.0), False),
+    "minimax_m2": ("MiniMaxM2Config", "MiniMaxM2ForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=_EXPERT_I, num_hidden_layers=2, num_local_experts=6,
+        num_experts_per_tok=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.5}), False),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=2,
+        num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=2.0, logits_scaling=1.5,
+        residual_multiplier=0.7, attention_multiplier=0.2), False),
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", "Ernie4_5_MoeForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_DENSE_I,
+        moe_intermediate_size=_EXPERT_I, num_hidden_layers=2, moe_num_experts=4, moe_k=2, moe_num_shared_experts=1,
+        moe_layer_start_index=0), False),
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        _COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=48, intermediate_size=_DENSE_I,
+        moe_intermediate_size=_EXPERT_I, shared_expert_intermediate_size=224, num_hidden_layers=4, num_experts=6,
+        num_experts_per_tok=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
+        linear_value_head_dim=64, linear_conv_kernel_dim=4, decoder_sparse_step=1, mlp_only_layers=[],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}), False),
+    "jamba": ("JambaConfig", "JambaForCausalLM", dict(
+        _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=4,
+        num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
+        attn_layer_offset=1, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=24,
+        ), False),
+    # Expert width 160 here: 2 * 96 would equal the hidden size of the fused gate/up.
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
+        _COMMON, **_ATTN, intermediate_size=160, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=8), True),
+    "dbrx": ("DbrxConfig", "DbrxForCausalLM", dict(
+        vocab_size=_VOCAB, d_model=_H, n_heads=6, n_layers=2, max_seq_len=512,
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
+                                                   "moe_top_k": 2}), False),
+}
+FAMILIES = tuple(FAMILY_CONFIGS)
+
+
+def family_config(family):
+    """(config, model class) of the tiny model of `family` (a key of FAMILY_CONFIGS)."""
+    import transformers
+
+    if family not in FAMILY_CONFIGS:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    config_name, model_name, kwargs, _ = FAMILY_CONFIGS[family]
+    return getattr(transformers, config_name)(**kwargs), getattr(transformers, model_name)
+
+
+@torch.no_grad()
+def randomize_family(model, family, seed=0):
+    """`randomize` for a family model: experts stored [E, in, out] take their fan-in from axis -2."""
+    transposed = FAMILY_CONFIGS[family][3]
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if p.dim() == 1:
+            value = noise * NORM_JITTER + (0.0 if name.endswith("bias") else 1.0)
+        elif "embed" in name or "wte" in name:
+            value = noise * INIT_STD
+        else:
+            fan_in = p.shape[-2] if transposed and p.dim() == 3 and "experts" in name else p.shape[-1]
+            value = noise * (INIT_STD / math.sqrt(fan_in))
+        p.copy_(value.to(p.dtype))
+    return model
+
+
+def make_tiny_family(family, path, *, seed=0, dtype=torch.bfloat16) -> Path:
+    """Write the tiny random checkpoint of `family` with `save_pretrained` (the hub's layout as
+    transformers writes it) and return its folder."""
+    cfg, cls = family_config(family)
+    torch.manual_seed(seed)
+    model = randomize_family(cls(cfg), family, seed).to(dtype).eval()
+    path = Path(path)
+    model.save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub layouts that differ from what save_pretrained writes.
+
+FP8_BLOCK = 128
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# Roles an fp8 release stores in fp8 (DeepSeek-V3 keeps embedding, head, routers and norms in bf16).
+FP8_ROLES = ("attention", "routed_expert", "shared_expert", "dense_mlp")
+
+
+def to_fp8(w, block=FP8_BLOCK):
+    """(fp8 weight, scale_inv) of a float matrix, one scale per block x block tile (amax / 448)."""
+    rows, cols = w.shape
+    tiles_r, tiles_c = -(-rows // block), -(-cols // block)
+    scale = torch.empty(tiles_r, tiles_c)
+    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    for i in range(tiles_r):
+        for j in range(tiles_c):
+            tile = w[i * block:(i + 1) * block, j * block:(j + 1) * block].float()
+            scale[i, j] = tile.abs().max().clamp_min(1e-12) / FP8_MAX
+            q[i * block:(i + 1) * block, j * block:(j + 1) * block] = (tile / scale[i, j]).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def write_fp8_release(src, dst, mtp_layer=False):
+    """Rewrite checkpoint `src` as an fp8 release in `dst` (DeepSeek-V3's hub layout): the 2-D
+    weights of FP8_ROLES in e4m3 with `weight_scale_inv` block scales and a quantization_config;
+    with `mtp_layer`, one multi-token-prediction layer after the last decoder layer, as the hub
+    checkpoints of DeepSeek-V3, Kimi-K2 and GLM-4.5 store it."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from mint.checkpoint import Checkpoint
+
+    src, dst = Path(src), Path(dst)
+    roles = {r.name: r.role for r in Checkpoint(src).refs}
+    tensors = {}
+    for name, w in load_file(src / "model.safetensors").items():
+        if roles.get(name) in FP8_ROLES and w.dim() == 2:
+            tensors[name], tensors[name + "_scale_inv"] = to_fp8(w.float())
+        else:
+            tensors[name] = w
+    config = json.loads((src / "config.json").read_text())
+    if mtp_layer:
+        n, hidden = config["num_hidden_layers"], config["hidden_size"]
+        gen = torch.Generator().manual_seed(1)
+        tensors[f"model.layers.{n}.eh_proj.weight"] = torch.randn(hidden, 2 * hidden, generator=gen).bfloat16()
+        tensors[f"model.layers.{n}.enorm.weight"] = torch.ones(hidden).bfloat16()
+        tensors[f"model.layers.{n}.mlp.experts.0.up_proj.weight"] = torch.randn(
+            config["moe_intermediate_size"], hidden, generator=gen).bfloat16()
+        config["num_nextn_predict_layers"] = 1
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def write_kimi_k2(src, dst):
+    """A DeepSeek-V3 checkpoint `src` as Kimi-K2 ships it: the same tensors, config model_type kimi_k2."""
+    import json
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["model_type"] = "kimi_k2"
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def to_mxfp4(w):
+    """(blocks, scales) of float matrices [..., rows, cols] in MXFP4, from the format's definition:
+    per block of 32 along the last axis the exponent e = ceil(log2(amax / 6)) (6 is e2m1's largest
+    value), each element the nearest e2m1 value of w / 2^e, two 4-bit codes per byte, low first."""
+    from mint.checkpoint import E2M1_VALUES
+
+    *lead, rows, cols = w.shape
+    groups = w.float().reshape(*lead, rows, cols // 32, 32)
+    amax = groups.abs().amax(-1).clamp_min(2.0**-126)
+    exponent = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    values = torch.tensor(E2M1_VALUES[:8])
+    scaled = groups / torch.exp2(exponent)[..., None]
+    magnitude = (scaled.abs()[..., None] - values).abs().argmin(-1)  # nearest of the 8 magnitudes
+    codes = (magnitude | ((scaled < 0).long() << 3)).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.contiguous(), (exponent + 127).to(torch.uint8)
+
+
+def write_mxfp4_release(src, dst):
+    """Rewrite a GPT-OSS checkpoint `src` (transformers' bf16 layout, experts [E, in, out]) as the hub
+    ships it in `dst`: expert matrices as MXFP4 `<name>_blocks` / `<name>_scales` of [E, out, in], and
+    a quantization_config saying so."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    tensors = {}
+    for name, w in load_file(src / "model.safetensors").items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            tensors[name + "_blocks"], tensors[name + "_scales"] = to_mxfp4(w.float().transpose(-1, -2))
+        else:
+            tensors[name] = w
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst

@@ -18,7 +18,6 @@ CYCLE = [(4, 64), (3, 32), (8, 128), (16, 0), (2, 32), (5, 64), (6, 128), (4, 32
 EXPERT_CYCLE = [(16, 0), (4, 64), (3, 128), (2, 32), (8, 64), (6, 32)]
 # Routers, embedding and head quantized too.
 BY_ROLE = {"embedding": (8, 64), "lm_head": (6, 32), "router": (8, 32)}
-TOKENS = np.random.default_rng(0).integers(0, 256, size=(3, 12))
 TOL = 1e-4
 
 
@@ -145,9 +144,9 @@ def test_mlx_config(exported):
 
 @pytest.mark.mlx
 def test_mlx_logits_equal_transformers_on_the_dequantized_folder(exported):
-    import mlx.core as mx
-    import transformers
     from mlx_lm.utils import load_model
+
+    from mint.verify import fixed_tokens, torch_logits, verify
 
     arch, ckpt, alloc, _, mlx, hf = exported
     model, _ = load_model(mlx)
@@ -157,18 +156,11 @@ def test_mlx_logits_equal_transformers_on_the_dequantized_folder(exported):
     for u in quantizable:
         m = modules[u["unit"]]
         assert (getattr(m, "bits", 16), getattr(m, "group_size", u["group_size"])) == (u["bits"], u["group_size"]), u
-    model.set_dtype(mx.float32)  # scales, biases and 16-bit weights; packed weights stay uint32
-    got = np.array(model(mx.array(TOKENS)))
-
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = hf_model(torch.tensor(TOKENS)).logits.numpy()
-    assert np.abs(want).max() > 1  # not a degenerate model
-    assert np.abs(got - want).max() < TOL
+    report = verify(mlx, hf, tolerance=TOL)
+    assert report["verified"] and report["max_abs_logit"] > 1, report  # and not a degenerate model
     # And quantization did change the model: the original checkpoint computes something else.
-    original = transformers.AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32).eval()
-    with torch.no_grad():
-        assert np.abs(original(torch.tensor(TOKENS)).logits.numpy() - want).max() > 100 * TOL
+    tokens = fixed_tokens(256)
+    assert np.abs(torch_logits(ckpt.path, tokens) - torch_logits(hf, tokens)).max() > 100 * TOL
 
 
 @pytest.fixture(scope="module")

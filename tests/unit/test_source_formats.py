@@ -1,4 +1,4 @@
-"""Source formats other than 16/32-bit floats, dequantized on read: fp8 e4m3 weights with block scales
+"""Source formats other than 16/32-bit floats, dequantized on read: MXFP4 (GPT-OSS) and fp8 e4m3 weights with block scales
 (`weight_scale_inv`, as DeepSeek-V3, Kimi-K2, MiniMax-M2 and Qwen3 -FP8 releases ship them)."""
 
 import json
@@ -118,3 +118,65 @@ def test_block_size_is_read_from_the_config_or_inferred():
     assert torch.equal(dequantize_blocks(q, scale), want)   # the power of two that tiles it: 128
     with pytest.raises(CheckpointError, match="do not tile"):
         dequantize_blocks(q, scale, (64, 64))
+
+
+# ---------------------------------------------------------------------------------------------
+# MXFP4 (GPT-OSS's hub experts): `<name>_blocks` / `<name>_scales`, dequantized on read.
+
+
+def e2m1_from_bits(code):
+    """The value of a 4-bit e2m1 code from its bits (OCP MX spec): sign bit 3, exponent bits 1-2 with
+    bias 1, mantissa bit 0; exponent 0 is subnormal (0 or 0.5)."""
+    sign = -1.0 if code & 0b1000 else 1.0
+    exponent, mantissa = (code >> 1) & 0b11, code & 1
+    return sign * (0.5 * mantissa if exponent == 0 else 2.0 ** (exponent - 1) * (1 + mantissa / 2))
+
+
+def brute_force_mxfp4(blocks, scales):
+    """Element by element: byte j of a block holds elements 2j (low nibble) and 2j + 1 (high)."""
+    rows, n_blocks, _ = blocks.shape
+    out = torch.empty(rows, n_blocks * 32)
+    for r in range(rows):
+        for b in range(n_blocks):
+            scale = 2.0 ** (int(scales[r, b]) - 127)
+            for j in range(16):
+                byte = int(blocks[r, b, j])
+                out[r, b * 32 + 2 * j] = e2m1_from_bits(byte & 0xF) * scale
+                out[r, b * 32 + 2 * j + 1] = e2m1_from_bits(byte >> 4) * scale
+    return out
+
+
+@pytest.fixture(scope="module")
+def mxfp4(tmp_path_factory):
+    from mint.testing import make_tiny_family, write_mxfp4_release
+
+    root = tmp_path_factory.mktemp("mxfp4")
+    bf16 = make_tiny_family("gpt_oss", root / "bf16")
+    return Checkpoint(bf16), Checkpoint(write_mxfp4_release(bf16, root / "mxfp4"))
+
+
+def test_mxfp4_experts_read_as_their_dequantized_values(mxfp4):
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    bf16, mx = mxfp4
+    raw = load_file(mx.path / "model.safetensors")
+    originals = load_file(bf16.path / "model.safetensors")
+    refs = [r for r in mx.refs if r.dtype == "MXFP4"]
+    assert len(refs) == 4 and all(r.role == "routed_expert" for r in refs)
+    for ref in refs:
+        blocks, scales = raw[ref.name], raw[ref.name.replace("_blocks", "_scales")]
+        got = mx.read(ref)
+        # transformers' own decoding (returned [E, in, out], as its GPT-OSS holds experts in memory)
+        assert torch.equal(got, convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).transpose(1, 2))
+        # one expert read alone, against a decoding written from the format's definition
+        assert torch.equal(mx.read_expert(ref, 2), brute_force_mxfp4(blocks[2], scales[2]))
+        # and the values are the model's, within MXFP4's rounding (a block's step is at most amax / 3)
+        original = originals[ref.name.removesuffix("_blocks")].float().transpose(1, 2)
+        assert got.shape == original.shape and (got - original).abs().max() <= original.abs().max() / 3
+
+
+def test_mxfp4_budgets_refer_to_the_bf16_size(mxfp4):
+    bf16, mx = mxfp4
+    assert mx.n_params() == bf16.n_params() and mx.size16_bytes() == bf16.size16_bytes()
+    assert {r.unit for r in mx.refs if r.role == "routed_expert"} == {
+        r.unit + "_blocks" for r in bf16.refs if r.role == "routed_expert"}
