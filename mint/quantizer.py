@@ -15,6 +15,7 @@ Everything here is a pure function over tensors; `rd_curve` measures all configs
 
 import math
 
+import numpy as np
 import torch
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -271,3 +272,22 @@ def rd_curve(w, configs=ALL_CONFIGS, scale_dtype=torch.float16, clip=False):
         curve.append(dict(bits=bits, group_size=g, bytes=size, nrmse=nrmse, sqnr_db=sqnr,
                           clip=(bits, g) != FULL and clips(clip, bits)))
     return curve
+
+
+def quantize_mlx(w, bits, group_size, scale_dtype=torch.bfloat16):
+    """Quantize `w` [..., in] as MLX's own `mx.quantize` does (affine mode), for baselines that must be
+    what mlx-lm writes: MLX puts one end of each group's range exactly on the grid (scale = edge / its
+    code, bias 0 when that code is 0), where `quantize` keeps the plain min-max range. Same return
+    form as `quantize`; `pack(q, bits)` gives MLX's own packed words.
+    """
+    import mlx.core as mx
+
+    check_config(bits, group_size)
+    x = mx.array(w.to(scale_dtype).float().numpy()).astype(getattr(mx, str(scale_dtype).removeprefix("torch.")))
+    packed, scales, biases = mx.quantize(x, group_size=group_size, bits=bits)
+
+    def to_torch(a):
+        return torch.from_numpy(np.array(a.astype(mx.float32))).to(scale_dtype)
+
+    words = torch.from_numpy(np.array(packed).view(np.int32)).view(torch.uint32)
+    return unpack(words, bits, w.shape[-1]).to(torch.uint8), to_torch(scales), to_torch(biases)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,27 @@ def test_clip_up_to_a_bit_width():
         assert point["nrmse"] == source[config]["nrmse"] and point["clip"] == source[config]["clip"]
         assert point["clip"] == (config[0] <= 3)
     assert not qz.clips(False, 2) and qz.clips(True, 8) and qz.clips(4, 4) and not qz.clips(4, 5)
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("bits", qz.BITS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantize_mlx_is_mlx_own_quantization(bits, dtype):
+    """quantize_mlx packs to MLX's own words and its scales and biases are MLX's, so a baseline written
+    with it is the file mlx-lm writes; its codes dequantize to mx.dequantize's weights."""
+    import mlx.core as mx
+
+    gen = torch.Generator().manual_seed(bits)
+    w = (torch.randn(48, 256, generator=gen) * torch.rand(48, 1, generator=gen)).to(dtype)
+    w[0, :64] = w[0, :64].abs()          # a group with min > 0 and one with max < 0: both edges
+    w[1, :64] = -w[1, :64].abs()
+    q, scales, biases = qz.quantize_mlx(w, bits, 64, dtype)
+    mdtype = {torch.bfloat16: mx.bfloat16, torch.float16: mx.float16}[dtype]
+    packed, s, b = mx.quantize(mx.array(w.float().numpy()).astype(mdtype), group_size=64, bits=bits)
+    assert np.array_equal(qz.pack(q, bits).view(torch.int32).numpy(), np.array(packed).view(np.int32))
+    assert torch.equal(scales.float(), torch.from_numpy(np.array(s.astype(mx.float32))))
+    assert torch.equal(biases.float(), torch.from_numpy(np.array(b.astype(mx.float32))))
+    want = mx.dequantize(packed, s.astype(mx.float32), b.astype(mx.float32), group_size=64, bits=bits)
+    np.testing.assert_allclose(qz.dequantize(q, scales, biases, 64).numpy(), np.array(want), rtol=0, atol=1e-6)
+    # And it is not the plain min-max code: the two differ somewhere.
+    assert not torch.equal(qz.quantize(w, bits, 64, dtype)[1], scales)
