@@ -89,6 +89,21 @@ class TensorRef:
     unit: str  # MLX module path (a parameter path for 1-D tensors)
     split: tuple[int, int] | None = None  # (index, parts) of a fused tensor along its out axis
     transpose: bool = False  # stored [..., in, out] on disk
+    interleave: bool = False  # the parts alternate along the split axis
+
+    @property
+    def split_axis(self) -> int:
+        """Axis of the tensor on disk the parts are cut from: the out axis, or the last axis of a
+        split "other" tensor (a stack of per-expert vectors)."""
+        return -1 if self.transpose or self.role == "other" else -2
+
+    @property
+    def part_shape(self) -> tuple:
+        """Shape on disk of this ref's part (the whole shape when not split)."""
+        shape = list(self.shape)
+        if self.split is not None:
+            shape[self.split_axis] //= self.split[1]
+        return tuple(shape)
 
     @property
     def n_experts(self) -> int:
@@ -100,8 +115,9 @@ class TensorRef:
         """Matrix shape [out, in] of one expert after split/transpose; (n, 1) for a 1-D tensor."""
         if len(self.shape) <= 1:
             return (self.shape[0] if self.shape else 1, 1)
-        if len(self.shape) > 3 or (len(self.shape) == 3 and self.n_experts == 1):
-            return (self.shape[0], math.prod(self.shape[1:]))
+        if len(self.shape) > 3 or (len(self.shape) == 3 and self.n_experts == 1) or self.role == "other":
+            shape = self.part_shape
+            return (shape[0], math.prod(shape[1:]))
         rows, cols = self.shape[-2:]
         out, inp = (cols, rows) if self.transpose else (rows, cols)
         if self.split is not None:
@@ -225,6 +241,12 @@ def _classify(name, info, shard, layout):
     expert = int(groups["expert"]) if groups.get("expert") is not None else None
     proj = groups.get("proj")
     proj = rule.proj_map.get(proj, proj)
+    if rule.role == "other" and rule.parts:
+        if shape[-1] % len(rule.parts):
+            raise LayoutError(f"{name}: last axis {shape[-1]} does not split into {len(rule.parts)} parts")
+        return [TensorRef(**common, role="other", layer=layer, expert=expert, proj=part,
+                          unit=rule.unit_for(name, groups, part), split=(i, len(rule.parts)), interleave=rule.interleave)
+                for i, part in enumerate(rule.parts)]
     if rule.role == "other":
         return [TensorRef(**common, role="other", layer=layer, expert=expert, proj=proj, unit=rule.unit_for(name, groups, proj))]
     if len(shape) == 3 and (rule.role != "routed_expert" or expert is not None):
@@ -241,6 +263,7 @@ def _classify(name, info, shard, layout):
         TensorRef(
             **common, role=rule.role, layer=layer, expert=expert, proj=part,
             unit=rule.unit_for(name, groups, part), split=(i, len(rule.parts)), transpose=rule.transpose,
+            interleave=rule.interleave,
         )
         for i, part in enumerate(rule.parts)
     ]
@@ -605,7 +628,7 @@ def _slices(ref, expert):
         index[0] = expert
     if ref.split is not None:
         i, parts = ref.split
-        axis = len(ref.shape) - (1 if ref.transpose else 2)
+        axis = len(ref.shape) + ref.split_axis
         size = ref.shape[axis] // parts
-        index[axis] = slice(i * size, (i + 1) * size)
+        index[axis] = slice(i, None, parts) if ref.interleave else slice(i * size, (i + 1) * size)
     return tuple(index)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16, read_header
+from mint.checkpoint import MX_BLOCKS, MXFP4, Checkpoint, CheckpointError, default_dtype16, read_header
 from mint.layouts import mlx_supported
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
 
@@ -179,7 +179,7 @@ def mlx_tensors(unit, refs, config, dtype16, family=None):
     d16 = ST_DTYPES[dtype16]
     ref = refs[0]
     if not ref.quantizable:
-        shape = tuple(mlx_parameter(family, unit, torch.empty(ref.shape, device="meta")).shape)
+        shape = tuple(mlx_parameter(family, unit, torch.empty(ref.part_shape, device="meta")).shape)
         return [OutTensor(unit, d16, shape)]
     out, inp = ref.out_in
     lead = (sum(r.n_experts for r in refs),) if ref.role == "routed_expert" else ()
@@ -480,14 +480,37 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
                 parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
                                         hf_writer is not None, ref.unit in clip, ckpt.family))
             if hf_writer is not None:
-                first_row = 0 if e is None else e * refs[0].shape[-2]
-                hf_writer.write(name, _disk_layout(refs, parts).to(dequant_dtype), first_row)
+                twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
+                w = _disk_layout(refs, parts)
+                w = w.transpose(-1, -2) if flip else w
+                first_row = 0 if e is None else e * twin_shape[-2]
+                hf_writer.write(twin_name, w.to(dequant_dtype), first_row)
 
 
 def _disk_layout(refs, parts):
     """Undo split and transpose: the matrices of `refs` (one per part) as stored on disk."""
-    w = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        w = parts[0]
+    elif refs[0].interleave:
+        # GPT-OSS: row (or bias entry) k of part i is row k * parts + i of the fused tensor
+        axis = -1 if refs[0].role == "other" else -2
+        w = torch.stack(parts, dim=axis).flatten(axis - 1, axis)
+    else:
+        w = torch.cat(parts, dim=-1 if refs[0].role == "other" else -2)
     return w.transpose(-1, -2) if refs[0].transpose else w
+
+
+def twin_tensor(ckpt, name, refs):
+    """(name, shape, transpose) of tensor `name` in the dequantized folder: as on disk, except an
+    MXFP4 `<name>_blocks` tensor, which transformers loads as the float `<name>` in the orientation
+    the family's rule for that float name reads (GPT-OSS: [E, in, out])."""
+    ref = refs[0]
+    if ref.dtype != MXFP4:
+        return name, ref.shape, False
+    float_name = name.removesuffix(MX_BLOCKS)
+    rule, _ = ckpt.layout.match(float_name)
+    flip = bool(rule is not None and rule.transpose)
+    return float_name, ((*ref.shape[:-2], ref.shape[-1], ref.shape[-2]) if flip else ref.shape), flip
 
 
 def _staging(outs, overwrite):
@@ -588,7 +611,8 @@ def export(
     hf_dtype = ST_DTYPES[dequant_dtype]
     hf_shards = {}
     for name, refs in _disk_tensors(ckpt).items():
-        hf_shards.setdefault(refs[0].shard, []).append(OutTensor(name, hf_dtype, refs[0].shape))
+        twin_name, twin_shape, _ = twin_tensor(ckpt, name, refs)
+        hf_shards.setdefault(refs[0].shard, []).append(OutTensor(twin_name, hf_dtype, twin_shape))
 
     staged = _staging([mlx_out] if dequant_out is None else [mlx_out, dequant_out], overwrite)
     (mlx_out, mlx_tmp), (hf_out, hf_tmp) = staged[0], (staged[1] if len(staged) > 1 else (None, None))
