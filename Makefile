@@ -9,7 +9,7 @@ CORES  ?= 8
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: venv tables test dry-run clean-results
+.PHONY: venv tables study test dry-run clean-results
 
 $(BIN)/mint: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ venv: $(BIN)/mint
 
 tables: venv gptq-env
 	$(BIN)/snakemake --cores $(CORES) results/tables
+
+# The default tables plus the variant study (config/study.yaml), about 70 minutes more on 2 cores.
+study: venv gptq-env
+	$(BIN)/snakemake --cores $(CORES) --configfile config/study.yaml results/tables
 
 dry-run: venv
 	$(BIN)/snakemake -n results/tables

@@ -5,9 +5,10 @@
 
 # A --configfile with its own `models` replaces the embedded default instead of being merged into it
 # (Snakemake merges config files key by key, which would add the default models to the user's).
+# The path is the Snakefile's own, so that --directory elsewhere still finds the embedded default.
 if "models" not in config:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

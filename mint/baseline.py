@@ -14,13 +14,22 @@ dequantized folder the evaluator reads. Its size is GPTQ's true packed size: com
 pack-quantized tensors for every quantized Linear (see mint/gptq.py) and 2 bytes per weight for
 everything it keeps in 16 bits (embeddings, LM head, routers, norms, biases).
 
+mlx-lm's own mixed recipes (`mixed_2_6`, `mixed_3_4`, `mixed_3_6`, `mixed_4_6`: low bits everywhere,
+6 or 4 bits for v_proj and down_proj in some layers and for the head, group 64) are what a Mac user picks
+instead. `mint baseline mlx-recipe` runs mlx-lm's own `convert` with the recipe and reads back, from the
+files it wrote, which (bits, group) each module got: that choice is an allocation like any other, so
+the same exporter writes it (the test checks it equals mlx-lm's file), the same evaluator measures it,
+and the method can be allocated at exactly its bytes.
+
     mint baseline uniform --units units.parquet --bits 4 --group-size 64 --out uniform.json
     mint baseline gptq --checkpoint ckpt/ --bits 4 --group-size 128 --out gptq.json --dequant-out dq/
+    mint baseline mlx-recipe --checkpoint ckpt/ --units units.parquet --recipe mixed_3_6 --out mixed_3_6.json
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,21 +57,113 @@ def uniform_allocation(units, bits, group_size):
     """Every quantizable unit at (bits, group_size); an allocation dict like `allocate.allocate`'s."""
     quantizer.check_config(bits, group_size)
     alloc.check_units(units)
-    target = (units["bits"] == bits) & (units["group_size"] == group_size)
-    full = units["bits"] == 16
-    menu = units[target | full]
-    # Each unit's bytes at the target config, or 16-bit where the group does not fit it.
-    sizes = menu.sort_values("bits").groupby("unit", sort=False)["bytes"].first()
-    quantizable = set(units.loc[~full, "unit"])
-    stuck = sorted(quantizable - set(units.loc[target, "unit"]))
-    # At exactly that many bytes, the only feasible choice is the target everywhere it exists (16-bit
-    # costs more), so the exact solver returns the uniform allocation in the common format. A
-    # uniform baseline applies no SQNR veto.
-    result = alloc.allocate(menu, int(sizes.sum()), solver="exact", sqnr_floor_db=0.0)
-    result.update(solver="uniform", budget=f"uniform-{bits}bit-g{group_size}",
-                  notes=[f"{u}: group {group_size} does not divide its input dimension; kept 16-bit"
-                         for u in stuck])
+    target = set(units.loc[(units["bits"] == bits) & (units["group_size"] == group_size), "unit"])
+    stuck = sorted(set(units.loc[units["bits"] != 16, "unit"]) - target)
+    result = forced_allocation(units, {u: (bits, group_size) for u in target}, "uniform",
+                               f"uniform-{bits}bit-g{group_size}")
+    result["notes"] = [f"{u}: group {group_size} does not divide its input dimension; kept 16-bit" for u in stuck]
     return result
+
+
+def forced_allocation(units, configs, solver, budget):
+    """The allocation giving each unit its config in `configs` ({unit: (bits, group_size)}; a unit not
+    named stays 16-bit), in the common format. Each unit keeps its chosen config and its 16-bit row;
+    at exactly the chosen configs' bytes, 16-bit (which costs more) fits nowhere, so the exact solver
+    has no choice to make. A baseline applies no SQNR veto."""
+    alloc.check_units(units)
+    want = units["unit"].map(lambda u: configs.get(u, (16, 0)))
+    chosen = (units["bits"] == want.str[0]) & (units["group_size"] == want.str[1])
+    missing = sorted(set(configs) - set(units.loc[chosen, "unit"]))
+    if missing:
+        raise ValueError(f"{len(missing)} units have no measured config for the choice made, e.g. "
+                         f"{missing[0]}: {configs[missing[0]]}")
+    menu = units[chosen | (units["bits"] == 16)]
+    result = alloc.allocate(menu, int(units.loc[chosen, "bytes"].sum()), solver="exact", sqnr_floor_db=0.0)
+    result.update(solver=solver, budget=budget)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# mlx-lm's mixed recipes
+
+MLX_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
+MLX_RECIPE_GROUP = 64   # mlx_lm.convert's default group size, which the recipes keep
+
+
+def mlx_readable_copy(ckpt, folder):
+    """`folder` made a Hugging Face folder mlx-lm reads as transformers does: the checkpoint's weight files
+    linked, its side files copied, and the config.json the MLX export writes (transformers 5 nests
+    settings that mlx-lm reads flat), without a quantization entry."""
+    from mint import export
+
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    for f in ckpt.path.iterdir():
+        if f.suffix == ".safetensors" or f.name == "model.safetensors.index.json":
+            (folder / f.name).symlink_to(f.resolve())
+        elif f.name in export.SIDE_FILES:
+            shutil.copy(f, folder / f.name)
+    cfg = export.mlx_config(ckpt, None)
+    for key in ("quantization", "quantization_config"):
+        cfg.pop(key, None)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    return folder
+
+
+def written_configs(mlx_folder):
+    """{module path: (bits, group_size)} of every quantized module in an MLX folder, read from the
+    tensors themselves (packed codes and scales), not from the config's defaults."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for shard in sorted(Path(mlx_folder).glob("*.safetensors")):
+        with safe_open(shard, "np") as f:
+            shapes.update({name: f.get_slice(name).get_shape() for name in f.keys()})
+    configs = {}
+    for name, scales in shapes.items():
+        if name.endswith(".scales"):
+            module = name.removesuffix(".scales")
+            # The recipes keep mlx_lm.convert's group size, so the scales give the input width and
+            # the packed uint32 codes the bits: in * bits = 32 * packed columns.
+            in_features = scales[-1] * MLX_RECIPE_GROUP
+            bits, rest = divmod(shapes[f"{module}.weight"][-1] * 32, in_features)
+            if rest or bits not in quantizer.BITS:
+                raise ValueError(f"{mlx_folder}: {module} is not a {MLX_RECIPE_GROUP}-group affine code")
+            configs[module] = (bits, MLX_RECIPE_GROUP)
+    return configs
+
+
+def mlx_recipe_allocation(checkpoint, units, recipe, work=None):
+    """The allocation mlx-lm's `recipe` makes for `checkpoint`, run through mlx-lm's own convert."""
+    from mlx_lm.convert import convert
+
+    from mint.checkpoint import Checkpoint
+
+    if recipe not in MLX_RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(MLX_RECIPES)}, got {recipe!r}")
+    ckpt = Checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        source = mlx_readable_copy(ckpt, Path(tmp) / "source")
+        convert(str(source), str(Path(tmp) / "mlx"), quantize=True, q_group_size=MLX_RECIPE_GROUP,
+                quant_predicate=recipe)
+        configs = written_configs(Path(tmp) / "mlx")
+        written = tensor_bytes(Path(tmp) / "mlx")
+    result = forced_allocation(units, configs, solver="mlx-recipe", budget=f"mlx-{recipe}")
+    if result["total_bytes"] != written:
+        raise ValueError(f"mlx-lm's {recipe} wrote {written} bytes of tensors; the same choice is "
+                         f"{result['total_bytes']} bytes by our count")
+    result.update(recipe=recipe)
+    return result
+
+
+def tensor_bytes(folder):
+    """Bytes of tensor data in a folder's safetensors files: each file less its 8-byte length and header."""
+    total = 0
+    for shard in Path(folder).glob("*.safetensors"):
+        with open(shard, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+        total += shard.stat().st_size - 8 - header
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +356,11 @@ def main(argv=None):
     gq.add_argument("--dampening", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
     gq.add_argument("--threads", type=int, default=None, help="torch threads of the worker")
     gq.add_argument("--python", default=None, help="interpreter of the GPTQ environment")
+    rec = sub.add_parser("mlx-recipe", help="mlx-lm's own mixed recipe (mixed_3_6, ...), read back as an allocation")
+    rec.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder")
+    rec.add_argument("--units", required=True, nargs="+", help="units.parquet from `mint experts`")
+    rec.add_argument("--recipe", required=True, choices=MLX_RECIPES)
+    rec.add_argument("--out", required=True, help="allocation JSON to write")
     args = p.parse_args(argv)
     kind = args.__dict__.pop("kind")
     start = time.perf_counter()
@@ -264,7 +370,10 @@ def main(argv=None):
             print(gptq_summary(result))
             return 0
         units = alloc.load_units(args.units)
-        result = uniform_allocation(units, args.bits, args.group_size)
+        if kind == "mlx-recipe":
+            result = mlx_recipe_allocation(args.checkpoint, units, args.recipe)
+        else:
+            result = uniform_allocation(units, args.bits, args.group_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"mint baseline: error: {e}", file=sys.stderr)
         return 2

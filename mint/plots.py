@@ -147,10 +147,13 @@ def plot_variants(table, path, title="Variants vs the faithful reproduction at e
     _save(fig, path)
 
 
-def plot_frontier(table, path, title):
-    """Objective against size over the budgets of `mint plan`, min-safe marked."""
+def plot_frontier(table, path, title, fit=None, points=None):
+    """Objective against size over the budgets of `mint plan`, min-safe marked; with a quality fit
+    (mint/quality.py), a second panel: the measured runs it was fitted on, the fitted line, and the
+    KLD it expects at each budget of this model."""
     ok = table[table["feasible"]].sort_values("size_gib")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, axes = plt.subplots(1, 2 if fit else 1, figsize=(12.5 if fit else 7, 4.2), squeeze=False)
+    ax = axes[0, 0]
     ax.plot(ok["size_gib"], ok["objective"], "o-", color="tab:blue")
     for _, r in ok.iterrows():
         ax.annotate(r["budget"], (r["size_gib"], r["objective"]), textcoords="offset points", xytext=(4, 4),
@@ -163,4 +166,23 @@ def plot_frontier(table, path, title):
     ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    if fit:
+        from mint.quality import MIN_WEIGHT_ERROR, predict_quality
+
+        ax = axes[0, 1]
+        used = points[(points["weight_error"] > MIN_WEIGHT_ERROR) & (points["kld"] > 0)]
+        for model, group in used.groupby("model"):
+            ax.scatter(group["weight_error"], group["kld"], s=14, label=f"measured: {model}")
+        grid = np.geomspace(used["weight_error"].min(), used["weight_error"].max(), 50)
+        kld, low, high, _ = predict_quality(fit, grid)
+        ax.plot(grid, kld, color="black", lw=1, label="fit")
+        ax.fill_between(grid, low, high, color="black", alpha=0.1, label="fit +- rms")
+        ax.scatter(ok["weight_error"], ok["kld_fit"], marker="x", color="tab:red", label="this model (expected)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("weight error (parameter-weighted mean NRMSE)")
+        ax.set_ylabel("KLD to 16-bit")
+        ax.set_title(f"fitted on {', '.join(fit['models'])} ({fit['n']} runs)", fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     _save(fig, path)

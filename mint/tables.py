@@ -2,9 +2,11 @@
 
 Reads what the other stages wrote under `results/{model}/` (allocations, baseline results,
 evaluations with their per-window losses, unit tables) and writes:
-- `results.*`: every evaluated model: size, average bits, mean / median / trimmed PPL, KLD, and the
-  paired difference of per-window log-perplexity against the 16-bit model and against GPTQ.
-- `matched_size.*`: per model, 16-bit, uniform RTN, GPTQ and the method at the baselines' sizes.
+- `results.*`: every evaluated model: size, average bits, mean / median / trimmed PPL, KLD, the
+  paired difference of per-window log-perplexity against the 16-bit model and against GPTQ, and how
+  its export was verified in its runtime (the `verify` rule: largest logit difference from the twin).
+- `matched_size.*`: per model, 16-bit, uniform RTN, GPTQ, mlx-lm's mixed recipes and the method at the
+  baselines' sizes.
 - `budget_sweep.*`: the method over budgets, with the bit distribution and a status.
 - `solver.*`: greedy vs exact on every allocation (objective, LP bound, gap, bytes used).
 - `clustering.*`: for models analysed both ways, clustered representatives vs every expert measured
@@ -67,7 +69,7 @@ def collect_runs(results_dir):
         any_alloc = next((model_dir / "alloc").glob("*/*.json"))
         alloc = _read(any_alloc)
         rows.append(_row(model, "bf16", "16-bit", None, alloc["size16_bytes"], alloc["n_params"], bf16,
-                         model_dir / "eval"))
+                         model_dir / "eval") | {"verified": "n/a (the source)"})
         for path in sorted((model_dir / "eval").glob("*/*.json")):
             method, budget = path.parent.name, path.stem
             if method == "gptq":
@@ -75,8 +77,20 @@ def collect_runs(results_dir):
             else:
                 info = _read(model_dir / "alloc" / method / f"{budget}.json")
             rows.append(_row(model, method, budget, info, info["total_bytes"], info["n_params"], _read(path),
-                             model_dir / "eval"))
+                             model_dir / "eval") | {"verified": verified(model_dir, method, budget)})
     return pd.DataFrame(rows)
+
+
+def verified(model_dir, method, budget):
+    """How the run's export was checked in its runtime: "mlx-lm 3.1e-06" (the largest logit difference
+    from the dequantized twin), or why there is no such check."""
+    if method == "gptq":
+        return "n/a (no MLX export)"
+    path = Path(model_dir) / "verify" / method / f"{budget}.json"
+    if not path.exists():
+        return "no"
+    check = _read(path)
+    return f"{check['runtime']} {check['max_abs_diff']:.1e}" if check["verified"] else "FAILED"
 
 
 def format_bits(distribution):
@@ -123,6 +137,8 @@ def label(row):
         return "16-bit"
     if row["method"] in ("uniform", "gptq"):
         return f"{row['method']} {row['budget']}"
+    if row["method"] == "mlx":
+        return f"mlx-lm {row['budget']}"
     return f"{row['method']} @ {row['budget']}"
 
 
@@ -132,11 +148,11 @@ def status(row, ppl16):
 
 
 def matched_size_table(runs):
-    """Per model: 16-bit, uniform RTN, GPTQ, and the method at the baselines' exact sizes."""
-    keep = runs["method"].isin(["bf16", "uniform", "gptq"]) | (
-        runs["budget"].str.match(r"^(gptq|uniform)-") & (runs["method"] != "mint-all"))
+    """Per model: 16-bit, uniform RTN, GPTQ, mlx-lm's recipes, and the method at the baselines' exact sizes."""
+    keep = runs["method"].isin(["bf16", "uniform", "gptq", "mlx"]) | (
+        runs["budget"].str.match(r"^(gptq|uniform|mlx)-") & (runs["method"] != "mint-all"))
     cols = ["model", "method_label", "size_gib", "avg_bits", "ppl_mean", "ppl_median", "ppl_trimmed5", "kld",
-            "dlogppl_vs_gptq", "se_vs_gptq", "dlogppl_vs_bf16", "se_vs_bf16"]
+            "dlogppl_vs_gptq", "se_vs_gptq", "dlogppl_vs_bf16", "se_vs_bf16", "verified"]
     table = runs[keep].assign(method_label=runs[keep].apply(label, axis=1))
     return table.reindex(columns=cols).sort_values(["model", "size_gib"])
 
@@ -149,7 +165,8 @@ def budget_sweep_table(runs):
         for _, row in group[~group["method"].isin(["gptq", "mint-greedy", "mint-all"])].iterrows():
             rows.append(dict(model=model, run=label(row), size_gib=row["size_gib"], avg_bits=row["avg_bits"],
                              bits=row["bits"] if isinstance(row["bits"], str) else "16b 100%",
-                             ppl_mean=row["ppl_mean"], kld=row["kld"], status=status(row, ppl16)))
+                             ppl_mean=row["ppl_mean"], kld=row["kld"], status=status(row, ppl16),
+                             verified=row["verified"]))
     return pd.DataFrame(rows).sort_values(["model", "size_gib"])
 
 

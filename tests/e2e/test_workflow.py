@@ -70,6 +70,10 @@ def test_new_model_runs_through_to_a_table_row(workdir):
                                                         ("uniform", "4bit-g64")}
     mint = rows[rows["method"] == "mint"].iloc[0]
     assert mint["avg_bits"] <= 4.5 and mint["ppl_mean"] > 1
+    # Every export behind a row was loaded by its runtime and matched its dequantized twin.
+    for _, row in rows[rows["method"] != "bf16"].iterrows():
+        assert re.fullmatch(r"mlx-lm \d\.\de[-+]\d\d", row["verified"]), row["verified"]
+        assert float(row["verified"].split()[1]) <= 1e-3
     assert (workdir / "results/plots/my-tiny_ppl_vs_size.png").stat().st_size > 0
     # Run with --directory outside the repository, the tables still name the commit and the config.
     provenance = (workdir / "results/tables/results.md").read_text().splitlines()[0]
@@ -88,7 +92,37 @@ def test_changing_budgets_reruns_only_allocation_and_what_follows(workdir):
     assert plan.returncode == 0, plan.stderr[-3000:]
     # The "Job stats" table of the dry run: one "rule count" line per rule that would run.
     jobs = {m[1] for m in re.finditer(r"^(\w+)\s+\d+$", plan.stdout, re.M)} - {"total"}
-    assert jobs == {"allocate", "quantize", "evaluate", "tables"}, plan.stdout
+    assert jobs == {"allocate", "quantize", "verify", "evaluate", "tables"}, plan.stdout
+
+
+@pytest.mark.slow
+def test_a_broken_export_fails_the_pipeline(workdir):
+    """An MLX folder whose runtime output differs from its twin stops the pipeline before evaluation."""
+    from safetensors.torch import load_file, save_file
+
+    run_one_budget(workdir)
+    run = "my-tiny/{}/mint/4.5bpw"
+    results = workdir / "results"
+    try:
+        # Snakemake reruns a missing intermediate only for an output that must be made: the tables.
+        for done in ("verify/mint/4.5bpw.json", "eval/mint/4.5bpw.json"):
+            (results / "my-tiny" / done).unlink()
+        for made in ("tables", "plots"):
+            shutil.rmtree(results / made)
+        shard = next((results / run.format("mlx")).glob("*.safetensors"))
+        tensors = load_file(shard)
+        name = next(n for n in sorted(tensors) if n.endswith(".scales"))
+        tensors[name] = tensors[name] * 2   # one module's scales doubled: a wrong but loadable file
+        save_file(tensors, shard, metadata={"format": "mlx"})
+        failed = snakemake(workdir, "--cores", "2", "results/tables")
+        assert failed.returncode != 0
+        assert "Error in rule verify" in failed.stdout + failed.stderr
+        log = (workdir / "logs/my-tiny/verify/mint/4.5bpw.log").read_text()
+        assert str(results / run.format("mlx")) in log or run.format("mlx") in log, log
+        assert not (results / "my-tiny/eval/mint/4.5bpw.json").exists()   # nothing was evaluated
+    finally:   # the next test starts from a pipeline that can complete
+        for kind in ("mlx", "dequant"):
+            shutil.rmtree(results / run.format(kind), ignore_errors=True)
 
 
 @pytest.mark.slow

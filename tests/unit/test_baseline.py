@@ -37,3 +37,36 @@ def test_uniform_size_matches_closed_form(units, bits, group):
 def test_uniform_rejects_unknown_config(units):
     with pytest.raises(ValueError):
         baseline.uniform_allocation(units[1], 7, 64)
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_mlx_recipe_is_read_back_as_the_allocation_mlx_lm_wrote(arch, tmp_path):
+    """mlx-lm's own convert with mixed_3_6: the allocation read back from its files gives every module
+    the config its config.json records, costs exactly the bytes of tensors it wrote, and follows the
+    recipe (6 bits for the head and some down projections, 3 bits elsewhere)."""
+    import json
+
+    from mlx_lm.convert import convert
+
+    from mint.baseline import mlx_readable_copy, mlx_recipe_allocation, tensor_bytes
+    from mint.checkpoint import Checkpoint
+    from mint.convert import prepare_units
+    from mint.reference import build_tokenizer
+    from mint.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(arch, tmp_path / "ckpt", hidden=128, intermediate=128, num_layers=4)
+    build_tokenizer(vocab_size=256, chars=20_000).save_pretrained(ckpt)   # mlx-lm's convert loads one
+    units, _, _ = prepare_units(ckpt, False, tmp_path / "work", progress=False)
+    result = mlx_recipe_allocation(ckpt, units, "mixed_3_6")
+    # mlx-lm's own run, kept this time, for its config and its bytes.
+    convert(str(mlx_readable_copy(Checkpoint(ckpt), tmp_path / "src")), str(tmp_path / "mlx"), quantize=True,
+            q_group_size=64, quant_predicate="mixed_3_6")
+    quant = json.loads((tmp_path / "mlx" / "config.json").read_text())["quantization"]
+    assert result["total_bytes"] == tensor_bytes(tmp_path / "mlx")
+    chosen = {u["unit"]: (u["bits"], u["group_size"]) for u in result["units"] if u["bits"] != 16}
+    recorded = {k: (v["bits"], v["group_size"]) for k, v in quant.items() if isinstance(v, dict)}
+    assert chosen == recorded and set(chosen.values()) == {(3, 64), (6, 64)}
+    assert chosen["lm_head"] == (6, 64) and chosen["model.layers.0.self_attn.q_proj"] == (3, 64)
+    downs = {u: c for u, c in chosen.items() if "down_proj" in u}
+    assert (6, 64) in downs.values() and (3, 64) in downs.values()

@@ -484,3 +484,24 @@ def test_validation_checks_every_planned_tensor(template, tmp_path):
     with pytest.raises(ex.ExportError, match=t.name.replace(".", r"\.")):
         ex.validate_folder(folder, wrong)
 
+
+
+def test_variant_study_is_opt_in(tmp_path):
+    """`make tables` runs no study; `make study` lays config/study.yaml over the default config."""
+    default = load_config()
+    study = yaml.safe_load((ROOT / "config" / "study.yaml").read_text())
+    assert "variant_study" not in default and set(study) == {"variant_study"}
+    merged = {**default, **study}
+    validate_config(merged)
+    assert set(study["variant_study"]["variants"]) <= set(default["variants"])
+    make = subprocess.run(["make", "-n", "-C", str(ROOT), "study"], capture_output=True, text=True)
+    assert "--configfile config/study.yaml results/tables" in make.stdout, make.stdout
+    # Snakemake reads a study file given that way on top of the embedded default (its models and
+    # variants): a study naming a variant the default lacks is refused with that variant's name.
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(
+        {"variant_study": dict(study["variant_study"], variants=["mint-plsu"])}))
+    bin_dir = Path(sys.executable).parent
+    run_ = subprocess.run([str(bin_dir / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert run_.returncode != 0 and "variant_study names variants ['mint-plsu']" in run_.stdout + run_.stderr

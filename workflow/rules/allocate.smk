@@ -67,7 +67,7 @@ rule quantize:
         mlx=directory("results/{model}/mlx/{method}/{budget}"),
         dequant=directory("results/{model}/dequant/{method}/{budget}"),
     wildcard_constraints:
-        method=alternatives(VARIANTS + ["uniform", "mint-all"]),
+        method=alternatives(VARIANTS + ["uniform", "mlx", "mint-all"]),
     params:
         checkpoint=lambda wc: checkpoint_dir(wc.model),
     log:
@@ -80,3 +80,29 @@ rule quantize:
     shell:
         "{MINT} quantize --checkpoint {params.checkpoint} --rules {input.rules} --allocation {input.allocation}"
         " --mlx-out {output.mlx} --dequant-out {output.dequant} > {log} 2>&1"
+
+
+rule verify:
+    # The file a user gets, checked in its runtime: mlx-lm loads the MLX folder and its logits on fixed
+    # tokens must equal those of the dequantized twin that `evaluate` measures. A load failure or a
+    # mismatch fails the job (the log names the folder and the difference), so no table row stands on
+    # an export its runtime would not run.
+    input:
+        mlx="results/{model}/mlx/{method}/{budget}",
+        dequant="results/{model}/dequant/{method}/{budget}",
+    output:
+        "results/{model}/verify/{method}/{budget}.json",
+    wildcard_constraints:
+        method=alternatives(VARIANTS + ["uniform", "mlx", "mint-all"]),
+    params:
+        tolerance=config["evaluation"]["verify_tolerance"],
+    log:
+        "logs/{model}/verify/{method}/{budget}.log",
+    benchmark:
+        "results/benchmarks/{model}/verify/{method}/{budget}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{MINT} verify --mlx {input.mlx} --dequant {input.dequant} --tolerance {params.tolerance}"
+        " --out {output} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Matched-size baselines (METHOD.md §6), one (bits, group size) per target, e.g. 4bit-g128:
 #   uniform RTN: an ordinary allocation, exported by `quantize` like the method's;
+#   mlx-lm's mixed recipes (mixed_3_6, ...): run by mlx-lm's own convert, read back as an allocation;
 #   GPTQ: llm-compressor in its own environment (`make gptq-env`), which writes its own result and
 #   dequantized folder (and no MLX folder: its format is compressed-tensors, not MLX). Its
 #   calibration windows are as long as the evaluation windows (capped by the model's context).
@@ -23,6 +24,28 @@ rule baseline_uniform:
     shell:
         "{MINT} baseline uniform --units {input.units} --bits {wildcards.bits} --group-size {wildcards.group}"
         " --out {output} > {log} 2>&1"
+
+
+rule baseline_mlx:
+    input:
+        checkpoint=get_checkpoint,
+        units="results/{model}/units/units.parquet",
+    output:
+        "results/{model}/alloc/mlx/{recipe}.json",
+    wildcard_constraints:
+        recipe=r"mixed_\d_\d",
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+    log:
+        "logs/{model}/baseline_mlx/{recipe}.log",
+    benchmark:
+        "results/benchmarks/{model}/baseline_mlx/{recipe}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{MINT} baseline mlx-recipe --checkpoint {params.checkpoint} --units {input.units}"
+        " --recipe {wildcards.recipe} --out {output} > {log} 2>&1"
 
 
 rule baseline_gptq:

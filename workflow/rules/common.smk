@@ -20,9 +20,10 @@ PROVENANCE = f'--project "{workflow.basedir}" --config-sha256 {CONFIG_SHA256[:12
 
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
-BASELINES = ("uniform", "gptq")
-# A budget named after a baseline ("gptq-4bit-g128") is that baseline's exact size: matched-size runs.
-MATCHED = re.compile(r"^(?P<baseline>uniform|gptq)-(?P<config>\d+bit-g\d+)$")
+BASELINES = ("uniform", "gptq", "mlx")
+# A budget named after a baseline ("gptq-4bit-g128", "mlx-mixed_3_6") is that baseline's exact size:
+# matched-size runs.
+MATCHED = re.compile(r"^(?P<baseline>uniform|gptq|mlx)-(?P<config>\d+bit-g\d+|mixed_\d_\d)$")
 
 
 def baseline_configs(model, kind):
@@ -206,7 +207,7 @@ def get_budget_input(wildcards):
         return []
     if m["baseline"] == "gptq":
         return f"results/{wildcards.model}/gptq/{m['config']}.json"
-    return f"results/{wildcards.model}/alloc/uniform/{m['config']}.json"
+    return f"results/{wildcards.model}/alloc/{m['baseline']}/{m['config']}.json"
 
 
 def get_budget_spec(wildcards):
@@ -228,11 +229,10 @@ def compares_clustering(model):
 
 
 def get_allocations(model):
-    """Every allocation of a model: variants x budgets, and the uniform baselines."""
+    """Every allocation of a model: variants x budgets, the uniform baselines and mlx-lm's recipes."""
     return expand("results/{model}/alloc/{variant}/{budget}.json", model=model,
-                  variant=get_variants(model), budget=get_budgets(model)) + expand(
-        "results/{model}/alloc/uniform/{config}.json", model=model,
-        config=baseline_configs(model, "uniform"))
+                  variant=get_variants(model), budget=get_budgets(model)) + [
+        f"results/{model}/alloc/{kind}/{c}.json" for kind in ("uniform", "mlx") for c in baseline_configs(model, kind)]
 
 
 def options_of(variant):
@@ -273,6 +273,13 @@ def get_evaluations(model):
         runs += [("mint-all", b) for b in get_budgets(model)]
     runs += [r for r in study_runs(model) if r not in runs]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
+
+
+def get_verification(wildcards):
+    """The runtime check of the export behind an evaluation; GPTQ's baseline writes no MLX folder."""
+    if wildcards.method == "gptq":
+        return []
+    return f"results/{wildcards.model}/verify/{wildcards.method}/{wildcards.budget}.json"
 
 
 def get_units_tables():

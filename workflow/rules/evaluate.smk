@@ -25,6 +25,7 @@ rule evaluate:
     input:
         checkpoint=get_checkpoint,
         dequant="results/{model}/dequant/{method}/{budget}",
+        verified=get_verification,
     output:
         summary="results/{model}/eval/{method}/{budget}.json",
         windows="results/{model}/eval/{method}/{budget}.windows.npz",
