@@ -90,6 +90,13 @@ class TensorRef:
     split: tuple[int, int] | None = None  # (index, parts) of a fused tensor along its out axis
     transpose: bool = False  # stored [..., in, out] on disk
     interleave: bool = False  # the parts alternate along the split axis
+    expert_rows: bool = False  # a 2-D [E * rows, cols] tensor on disk, read as the stack `shape`
+    mlx_experts: str = ""  # MLX module of each expert ({expert}) when mlx-lm builds one per expert
+
+    @property
+    def disk_shape(self) -> tuple:
+        """Shape of the tensor on disk (`shape` is the stack [E, rows, cols] for expert_rows)."""
+        return (self.shape[0] * self.shape[1], *self.shape[2:]) if self.expert_rows else self.shape
 
     @property
     def split_axis(self) -> int:
@@ -226,10 +233,16 @@ def _find_shards(path):
     return files, None
 
 
-def _classify(name, info, shard, layout):
-    """TensorRefs of one tensor on disk (two or more for a fused tensor). Raises LayoutError."""
+def _classify(name, info, shard, layout, n_experts=None):
+    """TensorRefs of one tensor on disk (two or more for a fused tensor). Raises LayoutError.
+
+    `n_experts` (config.json's count) splits the rows of an `expert_rows` tensor into experts."""
     shape, dtype = tuple(info["shape"]), info["dtype"]
     rule, m = layout.match(name)
+    if rule is not None and rule.expert_rows and len(shape) == 2:
+        if not n_experts or shape[0] % n_experts:
+            raise LayoutError(f"{name}: {shape[0]} rows do not split into the {n_experts} experts config.json names")
+        shape = (n_experts, shape[0] // n_experts, shape[1])
     common = dict(name=name, shard=shard, shape=shape, dtype=dtype)
     if len(shape) <= 1 and (rule is None or rule.role != "other"):
         # Norm weights and biases: always 16-bit, stored under their own parameter path.
@@ -255,7 +268,11 @@ def _classify(name, info, shard, layout):
         raise LayoutError(f"{name}: {len(shape)}-D tensor with role {rule.role}")
     if not rule.parts:
         unit = rule.unit_for(name, groups, proj)
-        return [TensorRef(**common, role=rule.role, layer=layer, expert=expert, proj=proj, unit=unit, transpose=rule.transpose)]
+        mlx_experts = rule.mlx_experts and rule.mlx_experts.format(
+            **{**{k: v for k, v in groups.items() if v is not None}, "proj": proj, "expert": "{expert}"})
+        return [TensorRef(**common, role=rule.role, layer=layer, expert=expert, proj=proj, unit=unit,
+                          transpose=rule.transpose, expert_rows=rule.expert_rows and len(shape) == 3,
+                          mlx_experts=mlx_experts)]
     out = shape[-1] if rule.transpose else shape[-2]
     if out % len(rule.parts):
         raise LayoutError(f"{name}: out axis {out} does not split into {len(rule.parts)} parts")
@@ -341,9 +358,11 @@ class Checkpoint:
         return self.config.get("text_config", self.config)
 
     def _expected_experts(self):
-        for key in _EXPERT_COUNT_KEYS:
-            if isinstance(self.text_config.get(key), int):
-                return self.text_config[key]
+        # DBRX nests its MoE settings in ffn_config.
+        for config in (self.text_config, self.text_config.get("ffn_config") or {}):
+            for key in _EXPERT_COUNT_KEYS + ("moe_num_experts",):
+                if isinstance(config.get(key), int):
+                    return config[key]
         return None
 
     @property
@@ -390,7 +409,7 @@ class Checkpoint:
                 if info["dtype"] not in DTYPES and not scaled:
                     raise CheckpointError(_dtype_message(self.path / shard, name, info["dtype"]))
                 try:
-                    found = _classify(name, info, shard, self.layout)
+                    found = _classify(name, info, shard, self.layout, self._expected_experts())
                 except LayoutError as e:
                     raise CheckpointError(f"{self.path}: {e}") from None
                 if not found:

@@ -182,14 +182,22 @@ def mlx_tensors(unit, refs, config, dtype16, family=None):
         shape = tuple(mlx_parameter(family, unit, torch.empty(ref.part_shape, device="meta")).shape)
         return [OutTensor(unit, d16, shape)]
     out, inp = ref.out_in
+    if ref.mlx_experts:  # one MLX module per expert (DBRX)
+        return [t for e in range(ref.n_experts)
+                for t in _module_tensors(ref.mlx_experts.format(expert=e), (), out, inp, config, d16)]
     lead = (sum(r.n_experts for r in refs),) if ref.role == "routed_expert" else ()
+    return _module_tensors(unit, lead, out, inp, config, d16)
+
+
+def _module_tensors(module, lead, out, inp, config, d16):
+    """`<module>.weight` (+ `.scales`, `.biases`) of a [*lead, out, inp] weight in `config`."""
     if config == FULL:
-        return [OutTensor(f"{unit}.weight", d16, (*lead, out, inp))]
+        return [OutTensor(f"{module}.weight", d16, (*lead, out, inp))]
     bits, group = config
     return [
-        OutTensor(f"{unit}.weight", "U32", (*lead, out, inp * bits // 32)),
-        OutTensor(f"{unit}.scales", d16, (*lead, out, inp // group)),
-        OutTensor(f"{unit}.biases", d16, (*lead, out, inp // group)),
+        OutTensor(f"{module}.weight", "U32", (*lead, out, inp * bits // 32)),
+        OutTensor(f"{module}.scales", d16, (*lead, out, inp // group)),
+        OutTensor(f"{module}.biases", d16, (*lead, out, inp // group)),
     ]
 
 
@@ -447,6 +455,8 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
         return hf_parameter(family, unit, w16.float()) if want_dequant else None
     out, inp = ref.out_in
     row0 = expert * out
+    if ref.mlx_experts:  # one MLX module per expert (DBRX)
+        unit, row0 = ref.mlx_experts.format(expert=expert), 0
     if config == FULL:
         w16 = w.to(dtype16)
         writer.write(f"{unit}.weight", w16, row0)
@@ -483,7 +493,7 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
                 twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
                 w = _disk_layout(refs, parts)
                 w = w.transpose(-1, -2) if flip else w
-                first_row = 0 if e is None else e * twin_shape[-2]
+                first_row = 0 if e is None else e * (math.prod(twin_shape[:-1]) // refs[0].n_experts)
                 hf_writer.write(twin_name, w.to(dequant_dtype), first_row)
 
 
@@ -506,7 +516,7 @@ def twin_tensor(ckpt, name, refs):
     the family's rule for that float name reads (GPT-OSS: [E, in, out])."""
     ref = refs[0]
     if ref.dtype != MXFP4:
-        return name, ref.shape, False
+        return name, ref.disk_shape, False
     float_name = name.removesuffix(MX_BLOCKS)
     rule, _ = ckpt.layout.match(float_name)
     flip = bool(rule is not None and rule.transpose)

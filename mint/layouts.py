@@ -13,6 +13,10 @@ Templates may use {layer}, {expert}, {proj} (after `proj_map`), {name} (the tens
     transpose  true when the tensor is stored [..., in, out] (Llama-4's fused experts)
     interleave true when the parts alternate along the axis (GPT-OSS: even rows gate, odd rows up)
                rather than follow each other
+    expert_rows  true for a 2-D tensor holding every expert's matrix one after the other along its
+               rows (DBRX: [E * I, H]); the checkpoint reads it as the stack [E, I, H]
+    mlx_experts  MLX module template with {expert} when mlx-lm builds one module per expert instead
+               of a stacked switch layer (DBRX); the unit stays one allocation unit
 A tensor of role "other" with `parts` (GPT-OSS's fused expert biases [E, 2I]) is split along its
 last axis.
 
@@ -46,7 +50,7 @@ ROLES = (
 # Roles whose unit is a parameter path kept in 16 bits rather than a module that can be quantized.
 PARAMETER_ROLES = ("norm", "other")
 
-_RULE_KEYS = {"pattern", "role", "unit", "proj_map", "parts", "transpose", "interleave"}
+_RULE_KEYS = {"pattern", "role", "unit", "proj_map", "parts", "transpose", "interleave", "expert_rows", "mlx_experts"}
 
 HOW_TO_ADD_RULES = (
     "add rules for it: Checkpoint(path, rules=[...]) or a `rules` list in the model's config entry, "
@@ -71,6 +75,8 @@ class Rule:
     parts: tuple = ()
     transpose: bool = False
     interleave: bool = False
+    expert_rows: bool = False
+    mlx_experts: str = ""
 
     @classmethod
     def from_dict(cls, d):
@@ -91,7 +97,7 @@ class Rule:
         if len(parts) == 1:
             raise LayoutError(f"rule {d!r}: `parts` needs at least two names")
         return cls(pattern, d["role"], d["unit"], dict(d.get("proj_map", {})), parts, bool(d.get("transpose", False)),
-                   bool(d.get("interleave", False)))
+                   bool(d.get("interleave", False)), bool(d.get("expert_rows", False)), d.get("mlx_experts", ""))
 
     def unit_for(self, name, groups, proj):
         """The unit id for a tensor `name` matched with `groups`, `proj` already mapped."""
@@ -325,8 +331,11 @@ QWEN3_NEXT = Layout(
     ),
 )
 
-# DBRX stores each layer's experts as three 2-D matrices [E * I, H] (w2 holds the down projections
-# transposed); the rules let inspect, analyze and allocate read it (each matrix one unit).
+# DBRX stores each layer's experts as three 2-D matrices [E * I, H], read as stacks [E, I, H]; w2
+# holds the down projections transposed (x @ w2 per expert). mlx-lm's dbrx.py builds one linear
+# layer per expert (transformer.blocks.N.ffn.experts.E.{w1,v1,w2}, w2 as [H, I]); its sanitize()
+# splits only the fused `experts.mlp.*` keys, so per-expert modules written by us load as they are.
+_DBRX_EXPERTS = "transformer.blocks.{layer}.ffn.experts.{expert}.{proj}"
 DBRX = Layout(
     "dbrx",
     _rules(
@@ -340,18 +349,12 @@ DBRX = Layout(
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.router\.layer\.weight$", "role": "router",
          "unit": "{module}"},
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w1|v1)$",
-         "role": "routed_expert", "unit": "{name}"},
-        # w2 [E * I, H] is x @ w2 per expert: stored [in, out], so its groups run along E * I (never
-        # across two experts, I being a multiple of the group size).
+         "role": "routed_expert", "unit": "{name}", "expert_rows": True, "mlx_experts": _DBRX_EXPERTS},
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w2)$",
-         "role": "routed_expert", "unit": "{name}", "transpose": True},
+         "role": "routed_expert", "unit": "{name}", "expert_rows": True, "mlx_experts": _DBRX_EXPERTS,
+         "transpose": True},
     ),
 )
-
-
-def _rope_value(text, key, default):
-    """`key` of a config, else of its rope_parameters (transformers 5 nests rope settings there)."""
-    return text.get(key, (text.get("rope_parameters") or {}).get(key, default))
 
 
 # GPT-OSS: each layer's experts fused, gate and up interleaved along the output (even rows gate) with
@@ -536,9 +539,7 @@ FAMILIES = {
     # mlx-lm's YaRN ignores rope `truncate: false` (released GPT-OSS configs): its rope then differs
     # slightly from transformers' whatever the export; mint verify measures it.
     "gpt_oss": Family("GPT-OSS", GPT_OSS, "gpt_oss"),
-    "dbrx": Family("DBRX", DBRX, None, refused=(
-        "mlx-lm's dbrx splits the fused [E*I, H] expert matrices into per-expert linear layers (w2 "
-        "transposed) in its sanitize(), which only works on unquantized weights")),
+    "dbrx": Family("DBRX", DBRX, "dbrx"),
 }
 LAYOUTS = {model_type: family.layout for model_type, family in FAMILIES.items()}
 

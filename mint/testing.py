@@ -248,7 +248,7 @@ FAMILY_CONFIGS = {
         True),
     "dbrx": ("DbrxConfig", "DbrxForCausalLM", dict(
         vocab_size=_VOCAB, d_model=_H, n_heads=6, n_layers=2, max_seq_len=512,
-        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
                                                    "moe_top_k": 2}), False),
 }
 FAMILIES = tuple(FAMILY_CONFIGS)
