@@ -148,8 +148,9 @@ def make_tiny_checkpoint(
 # ---------------------------------------------------------------------------------------------
 # The family matrix (issue 14): one tiny model per MoE family users run, built from its transformers
 # class. Every dimension has its own size (hidden 192, expert width 96, dense width 320, head dims 16
-# to 48, LoRA ranks 64 and 160, ...) so a swapped axis cannot pass a shape check or a logits check;
-# every input dimension is a multiple of 32 so each unit has a quantized option.
+# to 64, LoRA ranks 64 and 224, ...) so a swapped axis cannot pass a shape check or a logits check;
+# every input dimension is a multiple of 32 so each unit has a quantized option. Where a runtime ties
+# two sizes (mlx-lm's mixtral takes head_dim = hidden / heads) the config says so.
 
 # Sizes shared by the family configs: hidden 192, expert width 96, dense width 320, 5 query heads
 # and 1 key/value head of 32 (attention width 160), vocabulary 256.
@@ -163,7 +164,8 @@ _DEEPSEEK = dict(
     num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=64, q_lora_rank=224,
     qk_rope_head_dim=16, qk_nope_head_dim=24, v_head_dim=64)
 
-# family -> (transformers config class, model class, config kwargs, experts stored [E, in, out] in memory)
+# family -> (transformers config class, model class, config kwargs, experts stored [E, in, out] in memory).
+# The keys are model_types of mint.layouts.FAMILIES (the family table); these are its test models.
 FAMILY_CONFIGS = {
     # mlx-lm's mixtral derives head_dim from hidden_size / num_attention_heads.
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(
@@ -248,10 +250,9 @@ FAMILY_CONFIGS = {
         True),
     "dbrx": ("DbrxConfig", "DbrxForCausalLM", dict(
         vocab_size=_VOCAB, d_model=_H, n_heads=6, n_layers=2, max_seq_len=512,
-        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
-                                                   "moe_top_k": 2}), False),
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},  # transformers needs clip_qkv
+        ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4, "moe_top_k": 2}), False),
 }
-FAMILIES = tuple(FAMILY_CONFIGS)
 
 
 def family_config(family):
@@ -259,7 +260,7 @@ def family_config(family):
     import transformers
 
     if family not in FAMILY_CONFIGS:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ValueError(f"family must be one of {tuple(FAMILY_CONFIGS)}, got {family!r}")
     config_name, model_name, kwargs, _ = FAMILY_CONFIGS[family]
     return getattr(transformers, config_name)(**kwargs), getattr(transformers, model_name)
 
