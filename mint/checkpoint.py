@@ -48,7 +48,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # A safetensors header longer than this is corrupt, not large (headers are ~100 bytes per tensor).
 _MAX_HEADER_BYTES = 100 << 20
 # config.json keys holding the number of routed experts per layer, by architecture.
-_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 # The layer index of a decoder-layer tensor name.
@@ -360,7 +360,7 @@ class Checkpoint:
     def _expected_experts(self):
         # DBRX nests its MoE settings in ffn_config.
         for config in (self.text_config, self.text_config.get("ffn_config") or {}):
-            for key in _EXPERT_COUNT_KEYS + ("moe_num_experts",):
+            for key in _EXPERT_COUNT_KEYS:
                 if isinstance(config.get(key), int):
                     return config[key]
         return None

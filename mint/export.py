@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from mint.checkpoint import MX_BLOCKS, MXFP4, Checkpoint, CheckpointError, default_dtype16, read_header
-from mint.layouts import mlx_supported
+from mint.layouts import config_value, mlx_supported
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
 
 GIB = 1024**3
@@ -373,13 +373,6 @@ def check_mlx_support(ckpt):
             raise ExportError(f"{ckpt.path}: mlx-lm's {family.mlx} model of {family.name} {requirement.reason}")
 
 
-def _config_value(text, key):
-    """`key` of a (text) config, else of its rope_parameters (transformers 5 nests rope settings)."""
-    if key in text:
-        return text[key]
-    return (text.get("rope_parameters") or {}).get(key)
-
-
 def mlx_config(ckpt, quantization):
     """The config.json mlx-lm needs for the exported folder: the checkpoint's, with the fields the
     family's mlx-lm ModelArgs reads (Family.mlx_fields, mlx_defaults) and the quantization dict."""
@@ -389,8 +382,8 @@ def mlx_config(ckpt, quantization):
     family = ckpt.family
     if family is not None:
         for name, key in family.mlx_fields.items():
-            if name not in text and _config_value(text, key) is not None:
-                text[name] = _config_value(text, key)
+            if name not in text and config_value(text, key) is not None:
+                text[name] = config_value(text, key)
         for name, value in family.mlx_defaults.items():
             if text.get(name) is None:
                 text[name] = value(text) if callable(value) else copy.deepcopy(value)
@@ -400,7 +393,8 @@ def mlx_config(ckpt, quantization):
             cfg = {"model_type": family.mlx_model_type, "text_config": text, **top}
         elif family.mlx_model_type:
             cfg["model_type"] = family.mlx_model_type
-        # A vision tower is not exported (mlx-lm's text models drop its weights).
+        # mlx-lm's models of multimodal families read no vision config (their sanitize() drops the
+        # vision weights).
         cfg.pop("vision_config", None)
     cfg["quantization"] = quantization
     cfg["quantization_config"] = quantization

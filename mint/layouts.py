@@ -417,6 +417,11 @@ QWEN3_5_MOE = Layout(
 )
 
 
+def config_value(text, key, default=None):
+    """`key` of a (text) config, else of its rope_parameters (transformers 5 nests rope settings there)."""
+    return text.get(key, (text.get("rope_parameters") or {}).get(key, default))
+
+
 @dataclass(frozen=True)
 class Requirement:
     """Something mlx-lm's model of a family assumes: `holds(text_config, roles)` must be true, else
@@ -516,7 +521,7 @@ FAMILIES = {
     # Released MiniMax-M2 configs carry rotary_dim; transformers 5 turns it into partial_rotary_factor.
     # shared_intermediate_size is a field mlx-lm's minimax requires and never uses.
     "minimax_m2": Family("MiniMax-M2", MINIMAX_M2, "minimax", mlx_defaults={
-        "rotary_dim": lambda text: int(text["head_dim"] * _rope_value(text, "partial_rotary_factor", 1.0)),
+        "rotary_dim": lambda text: int(text["head_dim"] * config_value(text, "partial_rotary_factor", 1.0)),
         "shared_intermediate_size": 0}),
     "granitemoe": Family("Granite-MoE", GRANITEMOE, "granitemoe"),
     "jamba": Family("Jamba", JAMBA, None, refused=(
