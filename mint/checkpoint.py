@@ -48,7 +48,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # A safetensors header longer than this is corrupt, not large (headers are ~100 bytes per tensor).
 _MAX_HEADER_BYTES = 100 << 20
 # config.json keys holding the number of routed experts per layer, by architecture.
-_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 # The layer index of a decoder-layer tensor name.
@@ -89,6 +89,28 @@ class TensorRef:
     unit: str  # MLX module path (a parameter path for 1-D tensors)
     split: tuple[int, int] | None = None  # (index, parts) of a fused tensor along its out axis
     transpose: bool = False  # stored [..., in, out] on disk
+    interleave: bool = False  # the parts alternate along the split axis
+    expert_rows: bool = False  # a 2-D [E * rows, cols] tensor on disk, read as the stack `shape`
+    mlx_experts: str = ""  # MLX module of each expert ({expert}) when mlx-lm builds one per expert
+
+    @property
+    def disk_shape(self) -> tuple:
+        """Shape of the tensor on disk (`shape` is the stack [E, rows, cols] for expert_rows)."""
+        return (self.shape[0] * self.shape[1], *self.shape[2:]) if self.expert_rows else self.shape
+
+    @property
+    def split_axis(self) -> int:
+        """Axis of the tensor on disk the parts are cut from: the out axis, or the last axis of a
+        split "other" tensor (a stack of per-expert vectors)."""
+        return -1 if self.transpose or self.role == "other" else -2
+
+    @property
+    def part_shape(self) -> tuple:
+        """Shape on disk of this ref's part (the whole shape when not split)."""
+        shape = list(self.shape)
+        if self.split is not None:
+            shape[self.split_axis] //= self.split[1]
+        return tuple(shape)
 
     @property
     def n_experts(self) -> int:
@@ -100,8 +122,9 @@ class TensorRef:
         """Matrix shape [out, in] of one expert after split/transpose; (n, 1) for a 1-D tensor."""
         if len(self.shape) <= 1:
             return (self.shape[0] if self.shape else 1, 1)
-        if len(self.shape) > 3 or (len(self.shape) == 3 and self.n_experts == 1):
-            return (self.shape[0], math.prod(self.shape[1:]))
+        if len(self.shape) > 3 or (len(self.shape) == 3 and self.n_experts == 1) or self.role == "other":
+            shape = self.part_shape
+            return (shape[0], math.prod(shape[1:]))
         rows, cols = self.shape[-2:]
         out, inp = (cols, rows) if self.transpose else (rows, cols)
         if self.split is not None:
@@ -210,10 +233,16 @@ def _find_shards(path):
     return files, None
 
 
-def _classify(name, info, shard, layout):
-    """TensorRefs of one tensor on disk (two or more for a fused tensor). Raises LayoutError."""
+def _classify(name, info, shard, layout, n_experts=None):
+    """TensorRefs of one tensor on disk (two or more for a fused tensor). Raises LayoutError.
+
+    `n_experts` (config.json's count) splits the rows of an `expert_rows` tensor into experts."""
     shape, dtype = tuple(info["shape"]), info["dtype"]
     rule, m = layout.match(name)
+    if rule is not None and rule.expert_rows and len(shape) == 2:
+        if not n_experts or shape[0] % n_experts:
+            raise LayoutError(f"{name}: {shape[0]} rows do not split into the {n_experts} experts config.json names")
+        shape = (n_experts, shape[0] // n_experts, shape[1])
     common = dict(name=name, shard=shard, shape=shape, dtype=dtype)
     if len(shape) <= 1 and (rule is None or rule.role != "other"):
         # Norm weights and biases: always 16-bit, stored under their own parameter path.
@@ -225,6 +254,12 @@ def _classify(name, info, shard, layout):
     expert = int(groups["expert"]) if groups.get("expert") is not None else None
     proj = groups.get("proj")
     proj = rule.proj_map.get(proj, proj)
+    if rule.role == "other" and rule.parts:
+        if shape[-1] % len(rule.parts):
+            raise LayoutError(f"{name}: last axis {shape[-1]} does not split into {len(rule.parts)} parts")
+        return [TensorRef(**common, role="other", layer=layer, expert=expert, proj=part,
+                          unit=rule.unit_for(name, groups, part), split=(i, len(rule.parts)), interleave=rule.interleave)
+                for i, part in enumerate(rule.parts)]
     if rule.role == "other":
         return [TensorRef(**common, role="other", layer=layer, expert=expert, proj=proj, unit=rule.unit_for(name, groups, proj))]
     if len(shape) == 3 and (rule.role != "routed_expert" or expert is not None):
@@ -233,7 +268,11 @@ def _classify(name, info, shard, layout):
         raise LayoutError(f"{name}: {len(shape)}-D tensor with role {rule.role}")
     if not rule.parts:
         unit = rule.unit_for(name, groups, proj)
-        return [TensorRef(**common, role=rule.role, layer=layer, expert=expert, proj=proj, unit=unit, transpose=rule.transpose)]
+        mlx_experts = rule.mlx_experts and rule.mlx_experts.format(
+            **{**{k: v for k, v in groups.items() if v is not None}, "proj": proj, "expert": "{expert}"})
+        return [TensorRef(**common, role=rule.role, layer=layer, expert=expert, proj=proj, unit=unit,
+                          transpose=rule.transpose, expert_rows=rule.expert_rows and len(shape) == 3,
+                          mlx_experts=mlx_experts)]
     out = shape[-1] if rule.transpose else shape[-2]
     if out % len(rule.parts):
         raise LayoutError(f"{name}: out axis {out} does not split into {len(rule.parts)} parts")
@@ -241,6 +280,7 @@ def _classify(name, info, shard, layout):
         TensorRef(
             **common, role=rule.role, layer=layer, expert=expert, proj=part,
             unit=rule.unit_for(name, groups, part), split=(i, len(rule.parts)), transpose=rule.transpose,
+            interleave=rule.interleave,
         )
         for i, part in enumerate(rule.parts)
     ]
@@ -318,9 +358,11 @@ class Checkpoint:
         return self.config.get("text_config", self.config)
 
     def _expected_experts(self):
-        for key in _EXPERT_COUNT_KEYS:
-            if isinstance(self.text_config.get(key), int):
-                return self.text_config[key]
+        # DBRX nests its MoE settings in ffn_config.
+        for config in (self.text_config, self.text_config.get("ffn_config") or {}):
+            for key in _EXPERT_COUNT_KEYS:
+                if isinstance(config.get(key), int):
+                    return config[key]
         return None
 
     @property
@@ -367,7 +409,7 @@ class Checkpoint:
                 if info["dtype"] not in DTYPES and not scaled:
                     raise CheckpointError(_dtype_message(self.path / shard, name, info["dtype"]))
                 try:
-                    found = _classify(name, info, shard, self.layout)
+                    found = _classify(name, info, shard, self.layout, self._expected_experts())
                 except LayoutError as e:
                     raise CheckpointError(f"{self.path}: {e}") from None
                 if not found:
@@ -605,7 +647,7 @@ def _slices(ref, expert):
         index[0] = expert
     if ref.split is not None:
         i, parts = ref.split
-        axis = len(ref.shape) - (1 if ref.transpose else 2)
+        axis = len(ref.shape) + ref.split_axis
         size = ref.shape[axis] // parts
-        index[axis] = slice(i * size, (i + 1) * size)
+        index[axis] = slice(i, None, parts) if ref.interleave else slice(i * size, (i + 1) * size)
     return tuple(index)

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16, read_header
-from mint.layouts import mlx_supported
+from mint.checkpoint import MX_BLOCKS, MXFP4, Checkpoint, CheckpointError, default_dtype16, read_header
+from mint.layouts import config_value, mlx_supported
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
 
 GIB = 1024**3
@@ -179,17 +179,25 @@ def mlx_tensors(unit, refs, config, dtype16, family=None):
     d16 = ST_DTYPES[dtype16]
     ref = refs[0]
     if not ref.quantizable:
-        shape = tuple(mlx_parameter(family, unit, torch.empty(ref.shape, device="meta")).shape)
+        shape = tuple(mlx_parameter(family, unit, torch.empty(ref.part_shape, device="meta")).shape)
         return [OutTensor(unit, d16, shape)]
     out, inp = ref.out_in
+    if ref.mlx_experts:  # one MLX module per expert (DBRX)
+        return [t for e in range(ref.n_experts)
+                for t in _module_tensors(ref.mlx_experts.format(expert=e), (), out, inp, config, d16)]
     lead = (sum(r.n_experts for r in refs),) if ref.role == "routed_expert" else ()
+    return _module_tensors(unit, lead, out, inp, config, d16)
+
+
+def _module_tensors(module, lead, out, inp, config, d16):
+    """`<module>.weight` (+ `.scales`, `.biases`) of a [*lead, out, inp] weight in `config`."""
     if config == FULL:
-        return [OutTensor(f"{unit}.weight", d16, (*lead, out, inp))]
+        return [OutTensor(f"{module}.weight", d16, (*lead, out, inp))]
     bits, group = config
     return [
-        OutTensor(f"{unit}.weight", "U32", (*lead, out, inp * bits // 32)),
-        OutTensor(f"{unit}.scales", d16, (*lead, out, inp // group)),
-        OutTensor(f"{unit}.biases", d16, (*lead, out, inp // group)),
+        OutTensor(f"{module}.weight", "U32", (*lead, out, inp * bits // 32)),
+        OutTensor(f"{module}.scales", d16, (*lead, out, inp // group)),
+        OutTensor(f"{module}.biases", d16, (*lead, out, inp // group)),
     ]
 
 
@@ -365,13 +373,6 @@ def check_mlx_support(ckpt):
             raise ExportError(f"{ckpt.path}: mlx-lm's {family.mlx} model of {family.name} {requirement.reason}")
 
 
-def _config_value(text, key):
-    """`key` of a (text) config, else of its rope_parameters (transformers 5 nests rope settings)."""
-    if key in text:
-        return text[key]
-    return (text.get("rope_parameters") or {}).get(key)
-
-
 def mlx_config(ckpt, quantization):
     """The config.json mlx-lm needs for the exported folder: the checkpoint's, with the fields the
     family's mlx-lm ModelArgs reads (Family.mlx_fields, mlx_defaults) and the quantization dict."""
@@ -381,8 +382,8 @@ def mlx_config(ckpt, quantization):
     family = ckpt.family
     if family is not None:
         for name, key in family.mlx_fields.items():
-            if name not in text and _config_value(text, key) is not None:
-                text[name] = _config_value(text, key)
+            if name not in text and config_value(text, key) is not None:
+                text[name] = config_value(text, key)
         for name, value in family.mlx_defaults.items():
             if text.get(name) is None:
                 text[name] = value(text) if callable(value) else copy.deepcopy(value)
@@ -392,7 +393,8 @@ def mlx_config(ckpt, quantization):
             cfg = {"model_type": family.mlx_model_type, "text_config": text, **top}
         elif family.mlx_model_type:
             cfg["model_type"] = family.mlx_model_type
-        # A vision tower is not exported (mlx-lm's text models drop its weights).
+        # mlx-lm's models of multimodal families read no vision config (their sanitize() drops the
+        # vision weights).
         cfg.pop("vision_config", None)
     cfg["quantization"] = quantization
     cfg["quantization_config"] = quantization
@@ -447,6 +449,8 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
         return hf_parameter(family, unit, w16.float()) if want_dequant else None
     out, inp = ref.out_in
     row0 = expert * out
+    if ref.mlx_experts:  # one MLX module per expert (DBRX)
+        unit, row0 = ref.mlx_experts.format(expert=expert), 0
     if config == FULL:
         w16 = w.to(dtype16)
         writer.write(f"{unit}.weight", w16, row0)
@@ -480,14 +484,37 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
                 parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
                                         hf_writer is not None, ref.unit in clip, ckpt.family))
             if hf_writer is not None:
-                first_row = 0 if e is None else e * refs[0].shape[-2]
-                hf_writer.write(name, _disk_layout(refs, parts).to(dequant_dtype), first_row)
+                twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
+                w = _disk_layout(refs, parts)
+                w = w.transpose(-1, -2) if flip else w
+                first_row = 0 if e is None else e * (math.prod(twin_shape[:-1]) // refs[0].n_experts)
+                hf_writer.write(twin_name, w.to(dequant_dtype), first_row)
 
 
 def _disk_layout(refs, parts):
     """Undo split and transpose: the matrices of `refs` (one per part) as stored on disk."""
-    w = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        w = parts[0]
+    elif refs[0].interleave:
+        # GPT-OSS: row (or bias entry) k of part i is row k * parts + i of the fused tensor
+        axis = -1 if refs[0].role == "other" else -2
+        w = torch.stack(parts, dim=axis).flatten(axis - 1, axis)
+    else:
+        w = torch.cat(parts, dim=-1 if refs[0].role == "other" else -2)
     return w.transpose(-1, -2) if refs[0].transpose else w
+
+
+def twin_tensor(ckpt, name, refs):
+    """(name, shape, transpose) of tensor `name` in the dequantized folder: as on disk, except an
+    MXFP4 `<name>_blocks` tensor, which transformers loads as the float `<name>` in the orientation
+    the family's rule for that float name reads (GPT-OSS: [E, in, out])."""
+    ref = refs[0]
+    if ref.dtype != MXFP4:
+        return name, ref.disk_shape, False
+    float_name = name.removesuffix(MX_BLOCKS)
+    rule, _ = ckpt.layout.match(float_name)
+    flip = bool(rule is not None and rule.transpose)
+    return float_name, ((*ref.shape[:-2], ref.shape[-1], ref.shape[-2]) if flip else ref.shape), flip
 
 
 def _staging(outs, overwrite):
@@ -588,7 +615,8 @@ def export(
     hf_dtype = ST_DTYPES[dequant_dtype]
     hf_shards = {}
     for name, refs in _disk_tensors(ckpt).items():
-        hf_shards.setdefault(refs[0].shard, []).append(OutTensor(name, hf_dtype, refs[0].shape))
+        twin_name, twin_shape, _ = twin_tensor(ckpt, name, refs)
+        hf_shards.setdefault(refs[0].shard, []).append(OutTensor(twin_name, hf_dtype, twin_shape))
 
     staged = _staging([mlx_out] if dequant_out is None else [mlx_out, dequant_out], overwrite)
     (mlx_out, mlx_tmp), (hf_out, hf_tmp) = staged[0], (staged[1] if len(staged) > 1 else (None, None))

@@ -11,6 +11,14 @@ Templates may use {layer}, {expert}, {proj} (after `proj_map`), {name} (the tens
     parts      a tensor fused along its out axis, e.g. ["gate_proj", "up_proj"]; one ref per part,
                and {proj} takes the part's name
     transpose  true when the tensor is stored [..., in, out] (Llama-4's fused experts)
+    interleave true when the parts alternate along the axis (GPT-OSS: even rows gate, odd rows up)
+               rather than follow each other
+    expert_rows  true for a 2-D tensor holding every expert's matrix one after the other along its
+               rows (DBRX: [E * I, H]); the checkpoint reads it as the stack [E, I, H]
+    mlx_experts  MLX module template with {expert} when mlx-lm builds one module per expert instead
+               of a stacked switch layer (DBRX); the unit stays one allocation unit
+A tensor of role "other" with `parts` (GPT-OSS's fused expert biases [E, 2I]) is split along its
+last axis.
 
 Roles: embedding, lm_head, norm (every 1-D tensor), router, attention, dense_mlp, shared_expert,
 routed_expert, other. 1-D tensors and "other" tensors are kept in 16 bits and their unit id is the
@@ -42,7 +50,7 @@ ROLES = (
 # Roles whose unit is a parameter path kept in 16 bits rather than a module that can be quantized.
 PARAMETER_ROLES = ("norm", "other")
 
-_RULE_KEYS = {"pattern", "role", "unit", "proj_map", "parts", "transpose"}
+_RULE_KEYS = {"pattern", "role", "unit", "proj_map", "parts", "transpose", "interleave", "expert_rows", "mlx_experts"}
 
 HOW_TO_ADD_RULES = (
     "add rules for it: Checkpoint(path, rules=[...]) or a `rules` list in the model's config entry, "
@@ -66,6 +74,9 @@ class Rule:
     proj_map: dict = field(default_factory=dict)
     parts: tuple = ()
     transpose: bool = False
+    interleave: bool = False
+    expert_rows: bool = False
+    mlx_experts: str = ""
 
     @classmethod
     def from_dict(cls, d):
@@ -85,7 +96,8 @@ class Rule:
         parts = tuple(d.get("parts", ()))
         if len(parts) == 1:
             raise LayoutError(f"rule {d!r}: `parts` needs at least two names")
-        return cls(pattern, d["role"], d["unit"], dict(d.get("proj_map", {})), parts, bool(d.get("transpose", False)))
+        return cls(pattern, d["role"], d["unit"], dict(d.get("proj_map", {})), parts, bool(d.get("transpose", False)),
+                   bool(d.get("interleave", False)), bool(d.get("expert_rows", False)), d.get("mlx_experts", ""))
 
     def unit_for(self, name, groups, proj):
         """The unit id for a tensor `name` matched with `groups`, `proj` already mapped."""
@@ -106,9 +118,13 @@ class Layout:
     name: str
     rules: tuple
     mlx_prefix: str = ""
+    mlx_renames: tuple = ()  # (disk prefix, MLX prefix) pairs, tried before mlx_prefix
 
     def mlx_path(self, name):
         """MLX parameter path of a tensor kept as is (1-D tensors)."""
+        for disk, mlx in self.mlx_renames:
+            if name.startswith(disk):
+                return mlx + name.removeprefix(disk)
         return name if name.startswith(self.mlx_prefix) else self.mlx_prefix + name
 
     def match(self, name):
@@ -315,8 +331,11 @@ QWEN3_NEXT = Layout(
     ),
 )
 
-# DBRX stores each layer's experts as three 2-D matrices [E * I, H] (w2 holds the down projections
-# transposed); the rules let inspect, analyze and allocate read it (each matrix one unit).
+# DBRX stores each layer's experts as three 2-D matrices [E * I, H], read as stacks [E, I, H]; w2
+# holds the down projections transposed (x @ w2 per expert). mlx-lm's dbrx.py builds one linear
+# layer per expert (transformer.blocks.N.ffn.experts.E.{w1,v1,w2}, w2 as [H, I]); its sanitize()
+# splits only the fused `experts.mlp.*` keys, so per-expert modules written by us load as they are.
+_DBRX_EXPERTS = "transformer.blocks.{layer}.ffn.experts.{expert}.{proj}"
 DBRX = Layout(
     "dbrx",
     _rules(
@@ -330,37 +349,77 @@ DBRX = Layout(
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.router\.layer\.weight$", "role": "router",
          "unit": "{module}"},
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w1|v1)$",
-         "role": "routed_expert", "unit": "{name}"},
-        # w2 [E * I, H] is x @ w2 per expert: stored [in, out], so its groups run along E * I (never
-        # across two experts, I being a multiple of the group size).
+         "role": "routed_expert", "unit": "{name}", "expert_rows": True, "mlx_experts": _DBRX_EXPERTS},
         {"pattern": r"^transformer\.blocks\.(?P<layer>\d+)\.ffn\.experts\.mlp\.(?P<proj>w2)$",
-         "role": "routed_expert", "unit": "{name}", "transpose": True},
+         "role": "routed_expert", "unit": "{name}", "expert_rows": True, "mlx_experts": _DBRX_EXPERTS,
+         "transpose": True},
     ),
 )
 
 
-def _rope_value(text, key, default):
-    """`key` of a config, else of its rope_parameters (transformers 5 nests rope settings there)."""
-    return text.get(key, (text.get("rope_parameters") or {}).get(key, default))
-
-
 # GPT-OSS: each layer's experts fused, gate and up interleaved along the output (even rows gate) with
 # per-expert biases. The hub stores the expert matrices in MXFP4 (`*_blocks` [E, out, in/32, 16],
-# dequantized on read as [E, out, in]); transformers saves them in bf16 as [E, in, out]. Each fused
-# tensor is one unit here: quantized row by row along the same input axis, gate and up rows measure
-# as the separate stacks mlx-lm builds would.
+# dequantized on read as [E, out, in]); transformers saves them in bf16 as [E, in, out]. mlx-lm's
+# gpt_oss.py holds them as separate gate_proj / up_proj / down_proj stacks with biases, and takes
+# an export already in that form as it is.
 _GE = rf"{_L}\.mlp\.experts"
+_GPT_OSS_EXPERTS = "model.layers.{layer}.mlp.experts.{proj}"
 GPT_OSS = Layout(
     "gpt_oss",
     _rules(
         *_GENERIC[:3],
         {"pattern": rf"^{_L}\.mlp\.router\.weight$", "role": "router", "unit": "{module}"},
-        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj|down_proj)_blocks$", "role": "routed_expert", "unit": "{name}"},
-        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj|down_proj)$", "role": "routed_expert", "unit": "{name}",
+        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj)_blocks$", "role": "routed_expert", "unit": _GPT_OSS_EXPERTS,
+         "parts": ["gate_proj", "up_proj"], "interleave": True},
+        {"pattern": rf"^{_GE}\.(?P<proj>down_proj)_blocks$", "role": "routed_expert", "unit": _GPT_OSS_EXPERTS},
+        {"pattern": rf"^{_GE}\.(?P<proj>gate_up_proj)$", "role": "routed_expert", "unit": _GPT_OSS_EXPERTS,
+         "parts": ["gate_proj", "up_proj"], "interleave": True, "transpose": True},
+        {"pattern": rf"^{_GE}\.(?P<proj>down_proj)$", "role": "routed_expert", "unit": _GPT_OSS_EXPERTS,
          "transpose": True},
-        _kept_float(rf"^{_GE}\.(gate_up_proj|down_proj)_bias$"),
+        {"pattern": rf"^{_GE}\.gate_up_proj_bias$", "role": "other", "unit": _GPT_OSS_EXPERTS + ".bias",
+         "parts": ["gate_proj", "up_proj"], "interleave": True},
+        {"pattern": rf"^{_GE}\.(?P<proj>down_proj)_bias$", "role": "other", "unit": _GPT_OSS_EXPERTS + ".bias"},
     ),
 )
+
+
+# Qwen3.5-MoE (a multimodal model): the text model under model.language_model, Gated DeltaNet and
+# full attention layers as Qwen3-Next. transformers saves the experts per expert; the hub stores them
+# fused, experts.gate_up_proj [E, 2I, H] (gate rows first) and experts.down_proj [E, H, I], with no
+# `.weight`. mlx-lm's qwen3_5_moe.py reads the text model as language_model.model.* and drops the
+# vision tower.
+_Q5 = r"model\.language_model\.layers\.(?P<layer>\d+)"
+_Q5P = "language_model.model.layers.{layer}"
+QWEN3_5_MOE = Layout(
+    "qwen3_5_moe",
+    _rules(
+        {"pattern": r"^model\.visual\.", "role": "other", "unit": "{name}"},
+        {"pattern": r"^model\.language_model\.embed_tokens\.weight$", "role": "embedding",
+         "unit": "language_model.model.embed_tokens"},
+        {"pattern": r"^lm_head\.weight$", "role": "lm_head", "unit": "language_model.lm_head"},
+        {"pattern": rf"^{_Q5}\.linear_attn\.(?P<param>conv1d\.weight|A_log)$", "role": "other",
+         "unit": _Q5P + ".linear_attn.{param}"},
+        {"pattern": rf"^{_Q5}\.(?P<mixer>linear_attn|self_attn)\.(?P<proj>\w+)\.weight$", "role": "attention",
+         "unit": _Q5P + ".{mixer}.{proj}"},
+        {"pattern": rf"^{_Q5}\.mlp\.experts\.(?P<expert>\d+)\.(?P<proj>\w+)\.weight$", "role": "routed_expert",
+         "unit": _Q5P + ".mlp.switch_mlp.{proj}"},
+        {"pattern": rf"^{_Q5}\.mlp\.experts\.(?P<proj>gate_up_proj)$", "role": "routed_expert",
+         "unit": _Q5P + ".mlp.switch_mlp.{proj}", "parts": ["gate_proj", "up_proj"]},
+        {"pattern": rf"^{_Q5}\.mlp\.experts\.(?P<proj>down_proj)$", "role": "routed_expert",
+         "unit": _Q5P + ".mlp.switch_mlp.{proj}"},
+        {"pattern": rf"^{_Q5}\.mlp\.shared_expert\.(?P<proj>\w+)\.weight$", "role": "shared_expert",
+         "unit": _Q5P + ".mlp.shared_expert.{proj}"},
+        {"pattern": rf"^{_Q5}\.mlp\.(?P<proj>gate|shared_expert_gate)\.weight$", "role": "router",
+         "unit": _Q5P + ".mlp.{proj}"},
+    ),
+    mlx_prefix="language_model.",
+    mlx_renames=(("model.language_model.", "language_model.model."),),
+)
+
+
+def config_value(text, key, default=None):
+    """`key` of a (text) config, else of its rope_parameters (transformers 5 nests rope settings there)."""
+    return text.get(key, (text.get("rope_parameters") or {}).get(key, default))
 
 
 @dataclass(frozen=True)
@@ -462,7 +521,7 @@ FAMILIES = {
     # Released MiniMax-M2 configs carry rotary_dim; transformers 5 turns it into partial_rotary_factor.
     # shared_intermediate_size is a field mlx-lm's minimax requires and never uses.
     "minimax_m2": Family("MiniMax-M2", MINIMAX_M2, "minimax", mlx_defaults={
-        "rotary_dim": lambda text: int(text["head_dim"] * _rope_value(text, "partial_rotary_factor", 1.0)),
+        "rotary_dim": lambda text: int(text["head_dim"] * config_value(text, "partial_rotary_factor", 1.0)),
         "shared_intermediate_size": 0}),
     "granitemoe": Family("Granite-MoE", GRANITEMOE, "granitemoe"),
     "jamba": Family("Jamba", JAMBA, None, refused=(
@@ -472,15 +531,20 @@ FAMILIES = {
                          mlx_fields={"partial_rotary_factor": "partial_rotary_factor"}, mlx_norm_shift=(
         ".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight", ".q_norm.weight",
         ".k_norm.weight")),
+    # Were it exported, conv1d would be written as on disk ([C, 1, K]): qwen3_5.py's sanitize() then
+    # moves its axes and shifts the norms by +1 itself (it decides by the conv1d shape). The MLX folder
+    # written so equals what mlx-lm loads from the hub layout itself, but that is not transformers' model.
+    "qwen3_5_moe": Family("Qwen3.5-MoE", QWEN3_5_MOE, None, refused=(
+        "mlx-lm's qwen3_5_moe computes other logits than transformers' Qwen3.5-MoE even from the hub's own "
+        "unquantized weights (0.26 max difference on the family test model, cause not located), so no MLX "
+        "export of it can be verified")),
     "ernie4_5_moe": Family("ERNIE-4.5-MoE", ERNIE4_5_MOE, None, refused=(
         "mlx-lm's ernie4_5_moe drops moe_statics.e_score_correction_bias, which transformers adds to the "
         "routing scores: the MLX model would route tokens to other experts than the checkpoint does")),
-    "gpt_oss": Family("GPT-OSS", GPT_OSS, None, refused=(
-        "MINT does not yet write its interleaved gate_up_proj and the expert biases as mlx-lm's separate "
-        "gate_proj/up_proj stacks (planned)")),
-    "dbrx": Family("DBRX", DBRX, None, refused=(
-        "mlx-lm's dbrx splits the fused [E*I, H] expert matrices into per-expert linear layers (w2 "
-        "transposed) in its sanitize(), which only works on unquantized weights")),
+    # mlx-lm's YaRN ignores rope `truncate: false` (released GPT-OSS configs): its rope then differs
+    # slightly from transformers' whatever the export; mint verify measures it.
+    "gpt_oss": Family("GPT-OSS", GPT_OSS, "gpt_oss"),
+    "dbrx": Family("DBRX", DBRX, "dbrx"),
 }
 LAYOUTS = {model_type: family.layout for model_type, family in FAMILIES.items()}
 
@@ -505,4 +569,4 @@ def layout_for(config, rules=None):
     if not rules:
         return base
     extra = _rules(*rules)
-    return Layout(f"{base.name}+custom", extra + base.rules, base.mlx_prefix)
+    return Layout(f"{base.name}+custom", extra + base.rules, base.mlx_prefix, base.mlx_renames)

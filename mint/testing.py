@@ -148,8 +148,9 @@ def make_tiny_checkpoint(
 # ---------------------------------------------------------------------------------------------
 # The family matrix (issue 14): one tiny model per MoE family users run, built from its transformers
 # class. Every dimension has its own size (hidden 192, expert width 96, dense width 320, head dims 16
-# to 48, LoRA ranks 64 and 160, ...) so a swapped axis cannot pass a shape check or a logits check;
-# every input dimension is a multiple of 32 so each unit has a quantized option.
+# to 64, LoRA ranks 64 and 224, ...) so a swapped axis cannot pass a shape check or a logits check;
+# every input dimension is a multiple of 32 so each unit has a quantized option. Where a runtime ties
+# two sizes (mlx-lm's mixtral takes head_dim = hidden / heads) the config says so.
 
 # Sizes shared by the family configs: hidden 192, expert width 96, dense width 320, 5 query heads
 # and 1 key/value head of 32 (attention width 160), vocabulary 256.
@@ -163,7 +164,8 @@ _DEEPSEEK = dict(
     num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=64, q_lora_rank=224,
     qk_rope_head_dim=16, qk_nope_head_dim=24, v_head_dim=64)
 
-# family -> (transformers config class, model class, config kwargs, experts stored [E, in, out] in memory)
+# family -> (transformers config class, model class, config kwargs, experts stored [E, in, out] in memory).
+# The keys are model_types of mint.layouts.FAMILIES (the family table); these are its test models.
 FAMILY_CONFIGS = {
     # mlx-lm's mixtral derives head_dim from hidden_size / num_attention_heads.
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(
@@ -225,6 +227,16 @@ FAMILY_CONFIGS = {
         num_experts_per_tok=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
         linear_value_head_dim=64, linear_conv_kernel_dim=4, decoder_sparse_step=1, mlp_only_layers=[],
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}), False),
+    # The multimodal model (as the hub ships Qwen3.5-MoE), with a one-layer vision tower.
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration", dict(
+        text_config=dict(_COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=48,
+                         moe_intermediate_size=_EXPERT_I, shared_expert_intermediate_size=224, num_hidden_layers=4,
+                         num_experts=6, num_experts_per_tok=2, linear_num_key_heads=2, linear_num_value_heads=4,
+                         linear_key_head_dim=32, linear_value_head_dim=64, linear_conv_kernel_dim=4,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "partial_rotary_factor": 0.25, "mrope_section": [2, 2, 2]}),
+        vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=_H,
+                           num_position_embeddings=16)), False),
     "jamba": ("JambaConfig", "JambaForCausalLM", dict(
         _COMMON, num_attention_heads=6, num_key_value_heads=2, intermediate_size=_EXPERT_I, num_hidden_layers=4,
         num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
@@ -233,13 +245,14 @@ FAMILY_CONFIGS = {
     # Expert width 160 here: 2 * 96 would equal the hidden size of the fused gate/up.
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
         _COMMON, **_ATTN, intermediate_size=160, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
-        sliding_window=8), True),
+        sliding_window=8, rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=8.0, beta_fast=32.0,
+                                               beta_slow=1.0, original_max_position_embeddings=64, truncate=True)),
+        True),
     "dbrx": ("DbrxConfig", "DbrxForCausalLM", dict(
         vocab_size=_VOCAB, d_model=_H, n_heads=6, n_layers=2, max_seq_len=512,
-        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0}, ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4,
-                                                   "moe_top_k": 2}), False),
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},  # transformers needs clip_qkv
+        ffn_config={"ffn_hidden_size": _EXPERT_I, "moe_num_experts": 4, "moe_top_k": 2}), False),
 }
-FAMILIES = tuple(FAMILY_CONFIGS)
 
 
 def family_config(family):
@@ -247,7 +260,7 @@ def family_config(family):
     import transformers
 
     if family not in FAMILY_CONFIGS:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ValueError(f"family must be one of {tuple(FAMILY_CONFIGS)}, got {family!r}")
     config_name, model_name, kwargs, _ = FAMILY_CONFIGS[family]
     return getattr(transformers, config_name)(**kwargs), getattr(transformers, model_name)
 
@@ -392,4 +405,33 @@ def write_mxfp4_release(src, dst):
     config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
         "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
     (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def write_fused_experts(src, dst):
+    """Rewrite a Qwen3.5-MoE checkpoint `src` (per-expert keys, as transformers saves it) as the hub
+    ships it in `dst`: each layer's experts fused, `experts.gate_up_proj` [E, 2I, H] (gate rows
+    first) and `experts.down_proj` [E, H, I], without `.weight`."""
+    import json
+    import re
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    per_expert = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+    tensors, experts = {}, {}
+    for name, w in load_file(src / "model.safetensors").items():
+        m = per_expert.match(name)
+        if m:
+            experts.setdefault(m.group(1), {}).setdefault(m.group(3), {})[int(m.group(2))] = w
+        else:
+            tensors[name] = w
+    for prefix, projs in experts.items():
+        stack = {p: torch.stack([ws[e] for e in sorted(ws)]) for p, ws in projs.items()}
+        tensors[f"{prefix}.gate_up_proj"] = torch.cat([stack["gate_proj"], stack["up_proj"]], dim=1)
+        tensors[f"{prefix}.down_proj"] = stack["down_proj"]
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy2(src / "config.json", dst / "config.json")
     return dst

@@ -63,7 +63,7 @@ def torch_logits(folder, tokens):
     architecture = (config.get("architectures") or [None])[0]
     cls = getattr(transformers, architecture, None) if architecture else None
     cls = cls or transformers.AutoModelForCausalLM
-    model, info = cls.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    model, info = cls.from_pretrained(folder, dtype=torch.float32, output_loading_info=True, trust_remote_code=False)
     # A tensor transformers did not load is a randomly initialised one: the comparison would be void.
     unloaded = sorted(set(info.get("missing_keys", ())) | set(info.get("unexpected_keys", ())))
     if unloaded:

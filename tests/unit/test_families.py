@@ -18,7 +18,7 @@ from mint.checkpoint import Checkpoint
 from mint.experts import build_units
 from mint.inspect import describe_checkpoint
 from mint.layouts import FAMILIES
-from mint.testing import make_tiny_family, write_fp8_release, write_kimi_k2, write_mxfp4_release
+from mint.testing import make_tiny_family, write_fp8_release, write_fused_experts, write_kimi_k2, write_mxfp4_release
 from mint.verify import TOLERANCE, main as verify_main, verify
 
 pytestmark = pytest.mark.mlx
@@ -29,6 +29,9 @@ CASES = {
     "qwen2_moe": ("qwen2_moe", "qwen2_moe"),
     "qwen3_moe": ("qwen3_moe", "qwen3_moe"),
     "qwen3_next": ("qwen3_next", "qwen3_next"),
+    "qwen3_5_moe": ("qwen3_5_moe", "qwen3_5_moe"),
+    # the hub's Qwen3.5-MoE: experts fused, gate_up_proj [E, 2I, H] and down_proj without `.weight`
+    "qwen3_5_moe_fused": ("qwen3_5_moe", "fused:qwen3_5_moe"),
     "llama4_text": ("llama4_text", "llama4_text"),
     "llama4": ("llama4", "llama4"),
     "deepseek_v2": ("deepseek_v2", "deepseek_v2"),
@@ -73,6 +76,8 @@ def checkpoint(root, case):
         return write_fp8_release(base, path, mtp_layer=True)
     if kind == "mxfp4":
         return write_mxfp4_release(base, path)
+    if kind == "fused":
+        return write_fused_experts(base, path)
     return write_kimi_k2(checkpoint(root, "deepseek_v3_fp8"), path)
 
 
@@ -124,6 +129,14 @@ def test_refused_family_is_read_but_not_exported(root, tmp_path, case):
     assert "\n" not in message and family.name in message and family.refused in message
     assert "MINT writes MLX folders for" in message and FAMILIES["mixtral"].name in message
     assert not (tmp_path / "mlx").exists() and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("pair", [("gpt_oss", "gpt_oss_mxfp4"), ("qwen3_5_moe", "qwen3_5_moe_fused")])
+def test_hub_layout_gives_the_same_units(root, pair):
+    # transformers' layout and the hub's are one model: the same allocation units, of the same size.
+    saved, hub = (Checkpoint(checkpoint(root, case)) for case in pair)
+    assert {u: saved.num_experts(u) for u in saved.units()} == {u: hub.num_experts(u) for u in hub.units()}
+    assert saved.n_params() == hub.n_params()
 
 
 def test_refused_family_is_refused_before_the_analysis(root, tmp_path):
