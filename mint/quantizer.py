@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from mint import kernels
+
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 # (bits, group_size) for every quantized config; 16-bit is (16, 0).
@@ -192,6 +194,77 @@ def unpack(packed, bits, n):
 
 def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, per_row=False):
     """Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
+
+    Fused: per chunk of rows, group minima and maxima are taken once at the smallest group size that
+    fits and combined for the larger ones; for each group size one compiled pass
+    (`kernels.rd_group_errors`) measures every bit width while each group is in cache. The errors are
+    those of `squared_errors_torch` (the same float32 operations per weight; only the float64 sums
+    differ in order). Configs whose group size does not divide the input dimension get NaN (MLX
+    cannot store them). Configs that `clips(clip, bits)` take the torch path's clip search.
+    Returns (errors float64 [len(configs)], sum of squares of w). With `per_row`, both are kept per
+    row of `w` (errors [len(configs), rows], sums of squares [rows]; groups never span rows), which a
+    sampled estimate's standard error needs (mint/sampling.py).
+    """
+    w = w.reshape(-1, w.shape[-1])
+    rows, cols = w.shape
+    fused, clipped = {}, []  # group size -> [(config index, bits)]; clip-search configs
+    for i, (bits, g) in enumerate(configs):
+        if (bits, g) == FULL or not fits(cols, g):
+            continue
+        if clips(clip, bits):
+            clipped.append(i)
+        else:
+            fused.setdefault(g, []).append((i, bits))
+    per_rows = torch.zeros(len(configs), rows, dtype=torch.float64)
+    for i, (bits, g) in enumerate(configs):
+        if (bits, g) != FULL and not fits(cols, g):
+            per_rows[i] = float("nan")
+    energy = torch.zeros(rows, dtype=torch.float64)
+    kernels.set_threads(torch.get_num_threads())
+    chunk = max(1, _CHUNK_ELEMENTS // max(cols, 1))
+    for start in range(0, rows, chunk):
+        block = w[start : start + chunk].float().contiguous()
+        span = slice(start, start + len(block))
+        energy[span] = _row_squares(block)
+        for g, (w_min, w_max) in _group_ranges(block, sorted(fused)).items():
+            index = [i for i, _ in fused[g]]
+            levels = torch.tensor([2.0**b - 1 for _, b in fused[g]], dtype=torch.float32)
+            scales = torch.stack([((w_max - w_min) / lv).to(scale_dtype).float() for lv in levels.tolist()])
+            biases = w_min.to(scale_dtype).float()
+            out = torch.zeros(len(index), len(block), dtype=torch.float64)
+            kernels.rd_group_errors(block.numpy(), g, scales.contiguous().numpy(), biases.contiguous().numpy(),
+                                    levels.numpy(), out.numpy())
+            per_rows[index, span] = out
+        if clipped:
+            sub, _ = squared_errors_torch(block, [configs[i] for i in clipped], scale_dtype, clip, per_row=True)
+            per_rows[clipped, span] = sub
+    if per_row:
+        return per_rows, energy
+    return per_rows.sum(-1), float(energy.sum())
+
+
+def _group_ranges(block, group_sizes):
+    """{g: (min, max) per group of g along the last axis} for each of `group_sizes` (sorted).
+
+    The smallest is computed from the weights; a multiple of it combines its ranges (a min of mins),
+    so the weights are read once whatever the number of group sizes.
+    """
+    ranges = {}
+    for g in group_sizes:
+        base = next((b for b in ranges if g % b == 0), None)
+        if base is None:
+            ranges[g] = torch.aminmax(block.reshape(len(block), -1, g), dim=-1)
+        else:
+            lo, hi = ranges[base]
+            ranges[g] = (lo.reshape(len(block), -1, g // base).amin(-1), hi.reshape(len(block), -1, g // base).amax(-1))
+    return ranges
+
+
+def squared_errors_torch(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, per_row=False):
+    """`squared_errors` in plain torch ops, one config at a time: the reference the fused path is
+    tested against, and the path of clip-search configs.
+
+    Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
 
     Per-group min/max are computed once per group size and shared by every bit width. Configs whose
     group size does not divide the input dimension get NaN (MLX cannot store them). Configs that

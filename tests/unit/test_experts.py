@@ -158,3 +158,29 @@ def test_light_stats_closed_form():
     stats = analyze.light_stats(w)
     assert stats["norm"] == pytest.approx(2.0) and stats["std"] == pytest.approx(1.0)
     assert stats["kurtosis"] == pytest.approx(-2.0)  # two-point distribution
+
+
+def test_fused_analysis_gives_the_same_allocations(tmp_path, monkeypatch):
+    """The compiled RD kernel against the torch path it replaced: curves within float64 rounding,
+    and the same config for every unit at every budget (clustered experts included)."""
+    from mint.allocate import allocate
+
+    ckpt_dir = make_tiny_checkpoint("qwen3_moe", tmp_path / "q3", num_experts=12, hidden=128, intermediate=128)
+    analyze.analyze(ckpt_dir, tmp_path / "fused" / "analysis", spectral=False, cluster_threshold=8)
+    fused = experts.build_units(ckpt_dir, tmp_path / "fused" / "analysis", tmp_path / "fused" / "units", k=3,
+                                spectral=False)
+    monkeypatch.setattr(quantizer, "squared_errors", quantizer.squared_errors_torch)
+    analyze.analyze(ckpt_dir, tmp_path / "torch" / "analysis", spectral=False, cluster_threshold=8)
+    reference = experts.build_units(ckpt_dir, tmp_path / "torch" / "analysis", tmp_path / "torch" / "units", k=3,
+                                    spectral=False)
+    key = ["unit", "bits", "group_size"]
+    merged = fused.merge(reference, on=key, suffixes=("", "_ref"))
+    assert len(merged) == len(fused) == len(reference)
+    assert (merged["bytes"] == merged["bytes_ref"]).all()
+    assert ((merged["nrmse"] - merged["nrmse_ref"]).abs() <= 1e-12 * merged["nrmse_ref"]).all()
+    for budget in ("min-safe", "3.5bpw", "4.5bpw", "6bpw"):
+        for solver in ("exact", "greedy"):
+            a, b = allocate(fused, budget, solver=solver), allocate(reference, budget, solver=solver)
+            assert a["units"]
+            assert [(u["unit"], u["bits"], u["group_size"]) for u in a["units"]] == \
+                   [(u["unit"], u["bits"], u["group_size"]) for u in b["units"]]

@@ -207,3 +207,54 @@ def test_clip_up_to_a_bit_width():
         assert point["nrmse"] == source[config]["nrmse"] and point["clip"] == source[config]["clip"]
         assert point["clip"] == (config[0] <= 3)
     assert not qz.clips(False, 2) and qz.clips(True, 8) and qz.clips(4, 4) and not qz.clips(4, 5)
+
+
+def _heavy_tailed_with_constant_groups(rows, cols, seed):
+    """Student-t weights (outliers stretch ranges), a constant row and a constant group (zero scale)."""
+    gen = torch.Generator().manual_seed(seed)
+    normal = torch.randn(rows, cols, generator=gen)
+    chi2 = torch.randn(3, rows, cols, generator=gen).square().sum(0)
+    w = normal / (chi2 / 3).sqrt() * 0.02
+    w[0] = 0.5
+    w[1, :32] = -0.25
+    return w
+
+
+@pytest.mark.parametrize("dtype,scale_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                               (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("cols", [96, 192, 384])
+def test_fused_errors_equal_torch_path(dtype, scale_dtype, cols, monkeypatch):
+    """The compiled one-pass kernel gives the torch path's errors, per row and in total, for every
+    config, including group sizes that do not divide (NaN) and zero-scale groups; chunking too."""
+    w = _heavy_tailed_with_constant_groups(40, cols, seed=cols).to(dtype)
+    monkeypatch.setattr(qz, "_CHUNK_ELEMENTS", cols * 7)  # several chunks, the last one short
+    for per_row in (False, True):
+        fused, energy = qz.squared_errors(w, qz.ALL_CONFIGS, scale_dtype, per_row=per_row)
+        ref, ref_energy = qz.squared_errors_torch(w, qz.ALL_CONFIGS, scale_dtype, per_row=per_row)
+        assert fused.shape == ref.shape
+        assert torch.equal(fused.isnan(), ref.isnan())
+        assert (fused.isnan().any(-1) if per_row else fused.isnan()).sum() == 6 * sum(cols % g != 0 for g in qz.GROUP_SIZES)
+        assert torch.allclose(fused.nan_to_num(), ref.nan_to_num(), rtol=1e-12, atol=0)
+        assert torch.allclose(torch.as_tensor(energy), torch.as_tensor(ref_energy), rtol=1e-12, atol=0)
+
+
+def test_fused_errors_equal_brute_force():
+    """Each config's error is that of the weights `quantize` stores, rebuilt by `dequantize`."""
+    w = _heavy_tailed_with_constant_groups(12, 256, seed=5).bfloat16()
+    errors, _ = qz.squared_errors(w, qz.CONFIGS, torch.bfloat16)
+    for (bits, g), err in zip(qz.CONFIGS, errors.tolist()):
+        w_hat = qz.dequantize(*qz.quantize(w, bits, g, torch.bfloat16), g)
+        assert err == pytest.approx(float((w_hat - w.float()).double().square().sum()), rel=1e-12)
+
+
+def test_fused_errors_do_not_depend_on_threads():
+    w = _heavy_tailed_with_constant_groups(64, 128, seed=9)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = qz.squared_errors(w, per_row=True)[0]
+        torch.set_num_threads(2)
+        two = qz.squared_errors(w, per_row=True)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
