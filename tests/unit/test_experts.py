@@ -184,3 +184,28 @@ def test_fused_analysis_gives_the_same_allocations(tmp_path, monkeypatch):
             assert a["units"]
             assert [(u["unit"], u["bits"], u["group_size"]) for u in a["units"]] == \
                    [(u["unit"], u["bits"], u["group_size"]) for u in b["units"]]
+
+
+@pytest.mark.parametrize("shape,dtype", [((48, 256), torch.bfloat16), ((30, 96), torch.float16), ((7, 2880), torch.float32)])
+def test_features_equal_float64_brute_force(shape, dtype, monkeypatch):
+    """The compiled statistics against the definitions in float64 on the whole matrix, with pieces
+    small enough that every statistic spans several (and the group kurtosis falls back to whole rows
+    when 128 does not divide the input dimension)."""
+    monkeypatch.setattr(analyze, "_STATS_CHUNK", 1000)
+    torch.manual_seed(3)
+    w = (torch.distributions.StudentT(4.0).sample(shape) * 0.02 + 0.001).to(dtype)
+    x = w.double().reshape(-1)
+    c = x - x.mean()
+    var = c.square().mean()
+    feats = analyze.tensor_features(w, spectral=False)
+    assert feats["norm"] == pytest.approx(float(x.norm()), rel=1e-12)
+    assert feats["std"] == pytest.approx(float(var.sqrt()), rel=1e-12)
+    assert feats["kurtosis"] == pytest.approx(float(c.pow(4).mean() / var**2 - 3), rel=1e-10)
+    assert feats["outlier_frac"] == float((c.abs() > 3 * c.std()).double().mean())
+    group = 128 if shape[1] % 128 == 0 else shape[1]
+    g = x.reshape(-1, group)
+    gc = g - g.mean(-1, keepdim=True)
+    kurt = gc.pow(4).mean(-1) / gc.square().mean(-1).square() - 3
+    p = torch.quantile(kurt, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+    for value, name in zip(p.tolist(), ("p50", "p90", "p99")):
+        assert feats[f"group_kurtosis_{name}"] == pytest.approx(value, rel=1e-9)

@@ -258,3 +258,33 @@ def test_fused_errors_do_not_depend_on_threads():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_round16_equals_torch_conversion(dtype):
+    """The compiled rounding of scales and biases is torch's `.to(dtype)`: normal and subnormal
+    values, exact ties (which go to even), the largest finite value, overflow and zero."""
+    import numpy as np
+
+    from mint import kernels
+
+    params = kernels.FLOAT16 if dtype == torch.float16 else kernels.BFLOAT16
+    gen = torch.Generator().manual_seed(0)
+    # Random magnitudes across every exponent of the dtype, both signs.
+    exps = torch.randint(-30 if dtype == torch.float16 else -140, 17 if dtype == torch.float16 else 127, (20000,),
+                         generator=gen)
+    values = torch.rand(20000, generator=gen).add(1) * torch.pow(2.0, exps.float())
+    values = values * torch.where(torch.rand(20000, generator=gen) < 0.5, -1.0, 1.0)
+    # Exact ties: midpoints between neighbouring 16-bit values (above and below them too).
+    grid = torch.randn(5000, generator=gen).mul(100).to(dtype)
+    up = torch.nextafter(grid.float(), torch.tensor(float("inf"))).to(dtype)
+    ties = (grid.float() + up.float()) / 2
+    subnormal = torch.arange(0, 64, dtype=torch.float32) * 2.0 ** (-25 if dtype == torch.float16 else -134)
+    limit = torch.finfo(dtype).max
+    edges = torch.tensor([0.0, -0.0, limit, -limit, limit * 1.001, limit * 0.9999, 1e-30, 3e-8])
+    x = torch.cat([values, ties, torch.nextafter(ties, torch.tensor(0.0)), subnormal, edges]).float()
+    x = x[x.isfinite()]
+    ours = x.numpy().copy()
+    kernels.round16(ours, *params)
+    expected = x.to(dtype).float().numpy()
+    assert np.array_equal(ours, expected), x.numpy()[ours != expected][:5]
