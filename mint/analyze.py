@@ -76,12 +76,14 @@ def _group_kurtosis(w, group=KURTOSIS_GROUP):
     """Percentiles (50, 90, 99) of the excess kurtosis of groups along the input axis."""
     if w.shape[-1] % group:
         group = w.shape[-1]
-    kurt = []
+    # One output array for all groups: small arrays kept alive between the 1 MiB pieces split the
+    # heap so that no freed piece was reused (a 311M-weight embedding held 1.2 GB this way).
+    kurt = np.empty(w.numel() // group)
+    done = 0
     for p in _pieces(w, group):
-        out = np.empty(len(p) // group)
-        kernels.group_kurtosis(p, group, out)
-        kurt.append(torch.from_numpy(out))
-    p = torch.quantile(torch.cat(kurt), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+        kernels.group_kurtosis(p, group, kurt[done : done + len(p) // group])
+        done += len(p) // group
+    p = torch.quantile(torch.from_numpy(kurt), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
     return dict(group_kurtosis_p50=float(p[0]), group_kurtosis_p90=float(p[1]), group_kurtosis_p99=float(p[2]))
 
 
