@@ -16,7 +16,8 @@ pipeline does, one process per shard with one thread each, `--workers` at a time
    (thread-seconds of the layer shards / layers) times 48, plus the embedding and head shards,
    over `--workers` processes; next to the published pipeline's ~50 min on a 24-core M2 Ultra;
 5. exact and greedy allocation of 20,000 units x 19 options (benchmarks/allocate_bench.py's model);
-6. `mint quantize` export: bytes written per second and peak resident memory.
+6. `mint quantize` export (`--workers` forked workers): bytes written per second and peak resident
+   memory (the largest process's; CPU time sums the workers').
 
 Not a test: run it by hand. The load average is printed first, since timings on a shared machine
 are contended.
@@ -344,13 +345,14 @@ def main():
     shutil.rmtree(mlx, ignore_errors=True)
     evict([ckpt.path / s for s in ckpt.shards])
     jobs, wall = run_jobs([["quantize", "--checkpoint", str(path), "--allocation",
-                            str(alloc), "--mlx-out", str(mlx)]], 1, workdir / "logs" / "export")
+                            str(alloc), "--mlx-out", str(mlx), "--workers", str(args.workers)]], 1,
+                          workdir / "logs" / "export")
     written = sum(f.stat().st_size for f in mlx.glob("*.safetensors"))
     cpu = jobs[0][2]
     print(f"export: {written / GIB:.2f} GiB written from {size / GIB:.2f} GiB in {wall:.1f} s wall ({cpu:.1f} s CPU): "
           f"{written / wall / 1e6:.0f} MB/s written per wall-s ({written / cpu / 1e6:.0f} per CPU-s), "
           f"{size / wall / 1e6:.0f} MB/s read, {rate(ckpt.n_params(), wall)}; peak RSS {jobs[0][1]:.0f} MiB")
-    print(f"export extrapolated to {FULL_PARAMS / 1e9:.1f}B parameters, one process: {wall * FULL_PARAMS / ckpt.n_params() / 60:.1f} min "
+    print(f"export extrapolated to {FULL_PARAMS / 1e9:.1f}B parameters, {args.workers} worker processes: {wall * FULL_PARAMS / ckpt.n_params() / 60:.1f} min "
           f"wall, {cpu * FULL_PARAMS / ckpt.n_params() / 60:.1f} min CPU")
 
     peak = max(exact["peak_mib"], sampled["peak_mib"], clustered["peak_mib"], jobs[0][1],

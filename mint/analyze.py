@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow
 import torch
 from tqdm import tqdm
 
-from mint import quantizer, sampling
+from mint import kernels, quantizer, sampling
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
 # Units with more routed experts than this are clustered (METHOD.md §3).
@@ -34,46 +35,55 @@ SPECTRAL_RANK = 256
 KURTOSIS_GROUP = 128
 
 
-# light_stats works on pieces of this many weights: float64 temporaries that stay in cache make it
-# about 10x faster than whole-matrix float64 passes (it runs on every expert of a clustered model).
-_STATS_CHUNK = 1 << 16
+# Statistics are taken over float32 pieces of this many weights (converted from the 16-bit dtype
+# one piece at a time), so an embedding of 300M weights needs megabytes of temporaries, not gigabytes.
+_STATS_CHUNK = 1 << 18
+
+
+def _pieces(w, multiple=1):
+    """Consecutive float32 numpy pieces of the flattened `w`, each a whole number of `multiple`."""
+    x = w.reshape(-1)
+    step = max(1, _STATS_CHUNK // multiple) * multiple
+    for i in range(0, x.numel(), step):
+        yield x[i : i + step].float().contiguous().numpy()
 
 
 def _moments(w):
-    """(n, mean, sum of squared deviations, sum of 4th powers of deviations), in float64 pieces."""
-    x = w.reshape(-1)
-    n = x.numel()
-    mean = sum(float(x[i : i + _STATS_CHUNK].double().sum()) for i in range(0, n, _STATS_CHUNK)) / max(n, 1)
+    """(n, mean, sum of squared deviations, sum of 4th powers of deviations), in float64."""
+    n = w.numel()
+    mean = sum(kernels.sum64(p) for p in _pieces(w)) / max(n, 1)
     m2 = m4 = 0.0
-    for i in range(0, n, _STATS_CHUNK):
-        c2 = x[i : i + _STATS_CHUNK].double().sub_(mean).square_()
-        m2 += float(c2.sum())
-        m4 += float(c2.dot(c2))
+    for p in _pieces(w):
+        s2, s4 = kernels.central_sums(p, mean)
+        m2 += s2
+        m4 += s4
     return n, mean, m2, m4
 
 
-def light_stats(w):
-    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, two passes)."""
-    n, mean, m2, m4 = _moments(w)
+def _light_from_moments(n, mean, m2, m4):
     var = m2 / n
     kurt = m4 / n / var**2 - 3 if var > 0 else 0.0
     # sum(x^2) = sum((x - mean)^2) + n * mean^2
     return dict(norm=math.sqrt(m2 + n * mean**2), std=math.sqrt(var), kurtosis=kurt)
 
 
+def light_stats(w):
+    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, two passes)."""
+    return _light_from_moments(*_moments(w))
+
+
 def _group_kurtosis(w, group=KURTOSIS_GROUP):
     """Percentiles (50, 90, 99) of the excess kurtosis of groups along the input axis."""
     if w.shape[-1] % group:
         group = w.shape[-1]
-    groups = w.reshape(-1, group)
-    kurt = []
-    # In pieces, so that an embedding of 300M weights needs megabytes of temporaries, not gigabytes.
-    for i in range(0, len(groups), max(1, _STATS_CHUNK // group)):
-        g = groups[i : i + max(1, _STATS_CHUNK // group)].float()
-        c = g - g.mean(-1, keepdim=True)
-        var = c.square().mean(-1)
-        kurt.append(torch.where(var > 0, c.pow(4).mean(-1) / var.clamp_min(1e-30).square() - 3, torch.zeros_like(var)))
-    p = torch.quantile(torch.cat(kurt), torch.tensor([0.5, 0.9, 0.99]))
+    # One output array for all groups: small arrays kept alive between the 1 MiB pieces split the
+    # heap so that no freed piece was reused (a 311M-weight embedding held 1.2 GB this way).
+    kurt = np.empty(w.numel() // group)
+    done = 0
+    for p in _pieces(w, group):
+        kernels.group_kurtosis(p, group, kurt[done : done + len(p) // group])
+        done += len(p) // group
+    p = torch.quantile(torch.from_numpy(kurt), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
     return dict(group_kurtosis_p50=float(p[0]), group_kurtosis_p90=float(p[1]), group_kurtosis_p99=float(p[2]))
 
 
@@ -103,13 +113,12 @@ def spectral_features(w, rank=SPECTRAL_RANK, seed=0):
 
 def tensor_features(w, spectral=True):
     """All extra features of METHOD.md §2 for one matrix."""
-    feats = light_stats(w)
-    n, mean, m2, _ = _moments(w)
+    n, mean, m2, m4 = _moments(w)
+    feats = _light_from_moments(n, mean, m2, m4)
     if n > 1:
         # Beyond 3 (unbiased) standard deviations from the mean, counted piece by piece.
-        limit, x = 3 * math.sqrt(m2 / (n - 1)), w.reshape(-1)
-        outliers = sum(int(((x[i : i + _STATS_CHUNK].float() - mean).abs() > limit).sum()) for i in range(0, n, _STATS_CHUNK))
-        feats["outlier_frac"] = outliers / n
+        limit = 3 * math.sqrt(m2 / (n - 1))
+        feats["outlier_frac"] = sum(kernels.count_beyond(p, mean, limit) for p in _pieces(w)) / n
     else:
         feats["outlier_frac"] = 0.0
     feats.update(_group_kurtosis(w))

@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -27,9 +28,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from mint import kernels
 from mint.checkpoint import MX_BLOCKS, MXFP4, Checkpoint, CheckpointError, default_dtype16, read_header
 from mint.layouts import config_value, mlx_supported
 from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
@@ -55,6 +58,8 @@ SIDE_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+# The 16-bit dtypes the compiled quantize-and-pack rounds scales and biases to.
+_DTYPE16 = {torch.float16: kernels.FLOAT16, torch.bfloat16: kernels.BFLOAT16}
 ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint32: "U32"}
 ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "U32": 4}
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -255,6 +260,7 @@ class ShardWriter:
             f = open(self.folder / file_name, "wb")
             f.write(len(raw).to_bytes(8, "little") + raw)
             f.truncate(8 + len(raw) + offset)
+            f.flush()  # tensor bytes go in with os.pwrite, past Python's buffer
             self.files[file_name] = f
             for t in tensors:
                 start = 8 + len(raw) + header[t.name]["data_offsets"][0]
@@ -271,8 +277,11 @@ class ShardWriter:
         offset = first_row * row_bytes
         if offset + data.nbytes > t.nbytes:
             raise ValueError(f"{name}: write of {data.nbytes} bytes at {offset} overruns {t.nbytes}")
-        f.seek(start + offset)
-        f.write(data)
+        # A positioned write: no shared file offset, so forked workers write the same files at once.
+        view = memoryview(data).cast("B")
+        while view:
+            done = os.pwrite(f.fileno(), view, start + offset)
+            view, offset = view[done:], offset + done
         self.written[name] += data.nbytes
 
     def abort(self):
@@ -456,10 +465,15 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
         writer.write(f"{unit}.weight", w16, row0)
         return w16.float() if want_dequant else None
     bits, group = config
+    fused = not (want_dequant or clip) and dtype16 in _DTYPE16
     w_hat = torch.empty(out, inp) if want_dequant else None
     for r0, r1 in _row_blocks(out, inp):
-        q, scales, biases = quantize(w[r0:r1], bits, group, dtype16, clip=clip)
-        writer.write(f"{unit}.weight", pack(q, bits), row0 + r0)
+        if fused:
+            packed, scales, biases = _quantize_pack(w[r0:r1], bits, group, dtype16)
+        else:
+            q, scales, biases = quantize(w[r0:r1], bits, group, dtype16, clip=clip)
+            packed = pack(q, bits)
+        writer.write(f"{unit}.weight", packed, row0 + r0)
         writer.write(f"{unit}.scales", scales, row0 + r0)
         writer.write(f"{unit}.biases", biases, row0 + r0)
         if want_dequant:
@@ -467,28 +481,101 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
     return w_hat
 
 
+def _quantize_pack(w, bits, group, dtype16):
+    """`pack(*quantize(w, ...))` through the compiled kernel: the same words, scales and biases."""
+    rows, cols = w.shape
+    x = w.float().contiguous().numpy()
+    words = np.empty((rows, cols * bits // 32), dtype=np.uint32)
+    scales = np.empty((rows, cols // group), dtype=np.float32)
+    biases = np.empty((rows, cols // group), dtype=np.float32)
+    kernels.quantize_pack(x, group, bits, *_DTYPE16[dtype16], words, scales, biases)
+    # The kernel rounded scales and biases to the 16-bit dtype already: this conversion is exact.
+    return (torch.from_numpy(words), torch.from_numpy(scales).to(dtype16), torch.from_numpy(biases).to(dtype16))
+
+
 def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=None,
-                  progress=False):
+                  progress=False, workers=1):
     """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy.
 
-    Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`)."""
-    clip = clip or set()
+    Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`). With
+    `workers` > 1, tensors are shared out to that many forked processes, largest first, each writing
+    its tensors' bytes at their offsets (os.pwrite): the files are the same bytes as with one.
+    """
+    job = (ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip or set())
     tensors = _disk_tensors(ckpt)
-    for name, refs in tqdm(tensors.items(), total=len(tensors), desc="export", unit="tensor", disable=not progress):
-        fused = refs[0].n_experts > 1
-        for e in range(refs[0].n_experts) if fused else [None]:
-            parts = []  # the dequantized parts of a fused tensor, to put back together for transformers
-            for ref in refs:
-                w = _matrix(ckpt, ref, e)
-                expert = e if fused else (ref.expert or 0)
-                parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
-                                        hf_writer is not None, ref.unit in clip, ckpt.family))
-            if hf_writer is not None:
-                twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
-                w = _disk_layout(refs, parts)
-                w = w.transpose(-1, -2) if flip else w
-                first_row = 0 if e is None else e * (math.prod(twin_shape[:-1]) // refs[0].n_experts)
-                hf_writer.write(twin_name, w.to(dequant_dtype), first_row)
+    if workers > 1 and len(tensors) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _write_forked(job, tensors, workers, progress)
+        return
+    for name in tqdm(tensors, total=len(tensors), desc="export", unit="tensor", disable=not progress):
+        _write_tensor(job, name, tensors[name])
+
+
+def _write_tensor(job, name, refs):
+    """Write one tensor on disk (every expert of a fused stack, every part of a split one)."""
+    ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip = job
+    fused = refs[0].n_experts > 1
+    for e in range(refs[0].n_experts) if fused else [None]:
+        parts = []  # the dequantized parts of a fused tensor, to put back together for transformers
+        for ref in refs:
+            w = _matrix(ckpt, ref, e)
+            expert = e if fused else (ref.expert or 0)
+            parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
+                                    hf_writer is not None, ref.unit in clip, ckpt.family))
+        if hf_writer is not None:
+            twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
+            w = _disk_layout(refs, parts)
+            w = w.transpose(-1, -2) if flip else w
+            first_row = 0 if e is None else e * (math.prod(twin_shape[:-1]) // refs[0].n_experts)
+            hf_writer.write(twin_name, w.to(dequant_dtype), first_row)
+
+
+# The export a forked worker does: set in the parent just before the fork, inherited by the workers.
+_FORK_JOB = None
+
+
+def _forked_worker_start():
+    torch.set_num_threads(1)  # one process per core does the parallelism
+    for writer in _FORK_JOB[0][3:5]:
+        if writer is not None:
+            writer.written = Counter()
+
+
+def _forked_write(name):
+    """In a worker: write one tensor; return the bytes it wrote per tensor name, per writer."""
+    job, tensors = _FORK_JOB
+    _write_tensor(job, name, tensors[name])
+    counts = []
+    for writer in job[3:5]:
+        counts.append(dict(writer.written) if writer is not None else {})
+        if writer is not None:
+            writer.written.clear()
+    return counts
+
+
+def _write_forked(job, tensors, workers, progress):
+    """`write_weights` over `workers` forked processes, tensors handed out largest first."""
+    global _FORK_JOB
+    order = sorted(tensors, key=lambda n: -sum(r.numel for r in tensors[n]))
+    # Load the compiled kernel here, once: each worker would otherwise pay numba's first-call set-up
+    # (about a second of CPU) on its own.
+    _quantize_pack(torch.zeros(1, 64), 4, 64, torch.bfloat16)
+    _FORK_JOB = (job, tensors)
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(min(workers, len(order)), initializer=_forked_worker_start) as pool:
+            results = pool.imap_unordered(_forked_write, order, chunksize=1)
+            for counts in tqdm(results, total=len(order), desc="export", unit="tensor", disable=not progress):
+                for writer, written in zip(job[3:5], counts):
+                    for name, nbytes in written.items():
+                        writer.written[name] += nbytes
+    finally:
+        _FORK_JOB = None
+
+
+def default_workers():
+    """Export processes: one per usable core, at most 8 (each holds one tensor and its temporaries)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def _disk_layout(refs, parts):
@@ -581,6 +668,7 @@ def export(
     max_shard_bytes=MAX_SHARD_BYTES,
     overwrite=False,
     progress=False,
+    workers=None,
 ):
     """Write the MLX folder (and optionally the dequantized HF folder) of `allocation` for `ckpt`.
 
@@ -597,6 +685,8 @@ def export(
         max_shard_bytes: largest MLX shard.
         overwrite: replace existing non-empty output folders.
         progress: show a progress bar over the checkpoint's tensors.
+        workers: processes that quantize and write (default `default_workers()`); the bytes written
+            do not depend on it.
     Returns:
         The manifest (also written to `<mlx_out>/manifest.json`): predicted and written bytes per unit.
     """
@@ -628,7 +718,8 @@ def export(
         # An allocation made from clip-search curves is exported with clip search: the weights
         # written are the weights that were measured.
         write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype,
-                      clip=clipped_units(allocation), progress=progress)
+                      clip=clipped_units(allocation), progress=progress,
+                      workers=default_workers() if workers is None else workers)
         for writer in writers:
             writer.close()
 
@@ -729,7 +820,7 @@ def _size(text):
 
 
 def quantize_files(checkpoint, allocation, mlx_out, dequant_out=None, rules=None, dtype="auto",
-                   dequant_dtype="float32", max_shard_size=MAX_SHARD_BYTES, overwrite=False):
+                   dequant_dtype="float32", max_shard_size=MAX_SHARD_BYTES, overwrite=False, workers=None):
     """`mint quantize`: read the files the flags name and export."""
     rules = json.loads(Path(rules).read_text()) if rules else None
     ckpt = Checkpoint(checkpoint, rules=rules)
@@ -743,6 +834,7 @@ def quantize_files(checkpoint, allocation, mlx_out, dequant_out=None, rules=None
         dequant_dtype=DTYPE_NAMES[dequant_dtype],
         max_shard_bytes=max_shard_size,
         overwrite=overwrite,
+        workers=workers,
     )
 
 
@@ -758,6 +850,8 @@ def main(argv=None):
     parser.add_argument("--dequant-dtype", choices=tuple(DTYPE_NAMES), default="float32")
     parser.add_argument("--max-shard-size", type=_size, default="5GB", help="largest MLX shard, e.g. 5GB or 500MB")
     parser.add_argument("--overwrite", action="store_true", help="replace non-empty output folders")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that quantize and write (default: one per core, at most 8); same bytes out")
     args = parser.parse_args(argv)
     try:
         manifest = quantize_files(**vars(args))

@@ -18,12 +18,16 @@ import math
 import numpy as np
 import torch
 
+from mint import kernels
+
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 # (bits, group_size) for every quantized config; 16-bit is (16, 0).
 CONFIGS = tuple((b, g) for b in BITS for g in GROUP_SIZES)
 FULL = (16, 0)
 ALL_CONFIGS = CONFIGS + (FULL,)
+# The 16-bit storage dtypes the compiled path rounds scales and biases to.
+_DTYPE16 = {torch.float16: kernels.FLOAT16, torch.bfloat16: kernels.BFLOAT16}
 
 # Bytes per group: one 16-bit scale and one 16-bit bias.
 GROUP_OVERHEAD_BYTES = 4
@@ -193,6 +197,67 @@ def unpack(packed, bits, n):
 
 def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, per_row=False):
     """Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
+
+    Fused: per chunk of rows, one compiled pass (`kernels.rd_errors`) finds each group's range once
+    (at the smallest group size, combined for the larger ones) and measures every bit width while
+    the group is in cache. The errors are those of `squared_errors_torch` (the same float32
+    operations per weight; only the float64 sums differ in order). Configs whose group size does not
+    divide the input dimension get NaN (MLX cannot store them). Configs that `clips(clip, bits)`
+    take the torch path's clip search.
+    Returns (errors float64 [len(configs)], sum of squares of w). With `per_row`, both are kept per
+    row of `w` (errors [len(configs), rows], sums of squares [rows]; groups never span rows), which a
+    sampled estimate's standard error needs (mint/sampling.py).
+    """
+    if scale_dtype not in _DTYPE16:
+        return squared_errors_torch(w, configs, scale_dtype, clip, per_row)
+    w = w.reshape(-1, w.shape[-1])
+    rows, cols = w.shape
+    fused, clipped = {}, []  # (bits, group size) -> config index; clip-search config indices
+    for i, (bits, g) in enumerate(configs):
+        if (bits, g) == FULL or not fits(cols, g):
+            continue
+        if clips(clip, bits):
+            clipped.append(i)
+        else:
+            fused[(bits, g)] = i
+    # The kernel measures every (group size, bit width) pair of the fused configs' sizes and widths.
+    group_sizes = sorted({g for _, g in fused})
+    bit_widths = sorted({b for b, _ in fused})
+    if any(g % group_sizes[0] for g in group_sizes):
+        raise ValueError(f"group sizes {group_sizes} are not multiples of the smallest")
+    measured = [(b, g) for g in group_sizes for b in bit_widths]
+    levels = np.array([2.0**b - 1 for b in bit_widths], dtype=np.float32)
+    per_rows = torch.zeros(len(configs), rows, dtype=torch.float64)
+    for i, (bits, g) in enumerate(configs):
+        if (bits, g) != FULL and not fits(cols, g):
+            per_rows[i] = float("nan")
+    energy = torch.zeros(rows, dtype=torch.float64)
+    kernels.set_threads(torch.get_num_threads())
+    chunk = max(1, _CHUNK_ELEMENTS // max(cols, 1))
+    for start in range(0, rows, chunk):
+        block = w[start : start + chunk].float().contiguous()
+        span = slice(start, start + len(block))
+        if fused:
+            out = np.zeros((len(measured), len(block)))
+            kernels.rd_errors(block.numpy(), np.array(group_sizes, dtype=np.int64), levels,
+                              *_DTYPE16[scale_dtype], out, energy[span].numpy())
+            take = [k for k, config in enumerate(measured) if config in fused]
+            per_rows[[fused[measured[k]] for k in take], span] = torch.from_numpy(out[take])
+        else:
+            energy[span] = _row_squares(block)
+        if clipped:
+            sub, _ = squared_errors_torch(block, [configs[i] for i in clipped], scale_dtype, clip, per_row=True)
+            per_rows[clipped, span] = sub
+    if per_row:
+        return per_rows, energy
+    return per_rows.sum(-1), float(energy.sum())
+
+
+def squared_errors_torch(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, per_row=False):
+    """`squared_errors` in plain torch ops, one config at a time: the reference the fused path is
+    tested against, and the path of clip-search configs.
+
+    Sum of squared reconstruction errors of `w` [rows, in] for every config, from one pass.
 
     Per-group min/max are computed once per group size and shared by every bit width. Configs whose
     group size does not divide the input dimension get NaN (MLX cannot store them). Configs that

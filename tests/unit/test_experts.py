@@ -158,3 +158,54 @@ def test_light_stats_closed_form():
     stats = analyze.light_stats(w)
     assert stats["norm"] == pytest.approx(2.0) and stats["std"] == pytest.approx(1.0)
     assert stats["kurtosis"] == pytest.approx(-2.0)  # two-point distribution
+
+
+def test_fused_analysis_gives_the_same_allocations(tmp_path, monkeypatch):
+    """The compiled RD kernel against the torch path it replaced: curves within float64 rounding,
+    and the same config for every unit at every budget (clustered experts included)."""
+    from mint.allocate import allocate
+
+    ckpt_dir = make_tiny_checkpoint("qwen3_moe", tmp_path / "q3", num_experts=12, hidden=128, intermediate=128)
+    analyze.analyze(ckpt_dir, tmp_path / "fused" / "analysis", spectral=False, cluster_threshold=8)
+    fused = experts.build_units(ckpt_dir, tmp_path / "fused" / "analysis", tmp_path / "fused" / "units", k=3,
+                                spectral=False)
+    monkeypatch.setattr(quantizer, "squared_errors", quantizer.squared_errors_torch)
+    analyze.analyze(ckpt_dir, tmp_path / "torch" / "analysis", spectral=False, cluster_threshold=8)
+    reference = experts.build_units(ckpt_dir, tmp_path / "torch" / "analysis", tmp_path / "torch" / "units", k=3,
+                                    spectral=False)
+    key = ["unit", "bits", "group_size"]
+    merged = fused.merge(reference, on=key, suffixes=("", "_ref"))
+    assert len(merged) == len(fused) == len(reference)
+    assert (merged["bytes"] == merged["bytes_ref"]).all()
+    assert ((merged["nrmse"] - merged["nrmse_ref"]).abs() <= 1e-12 * merged["nrmse_ref"]).all()
+    for budget in ("min-safe", "3.5bpw", "4.5bpw", "6bpw"):
+        for solver in ("exact", "greedy"):
+            a, b = allocate(fused, budget, solver=solver), allocate(reference, budget, solver=solver)
+            assert a["units"]
+            assert [(u["unit"], u["bits"], u["group_size"]) for u in a["units"]] == \
+                   [(u["unit"], u["bits"], u["group_size"]) for u in b["units"]]
+
+
+@pytest.mark.parametrize("shape,dtype", [((48, 256), torch.bfloat16), ((30, 96), torch.float16), ((7, 2880), torch.float32)])
+def test_features_equal_float64_brute_force(shape, dtype, monkeypatch):
+    """The compiled statistics against the definitions in float64 on the whole matrix, with pieces
+    small enough that every statistic spans several (and the group kurtosis falls back to whole rows
+    when 128 does not divide the input dimension)."""
+    monkeypatch.setattr(analyze, "_STATS_CHUNK", 1000)
+    torch.manual_seed(3)
+    w = (torch.distributions.StudentT(4.0).sample(shape) * 0.02 + 0.001).to(dtype)
+    x = w.double().reshape(-1)
+    c = x - x.mean()
+    var = c.square().mean()
+    feats = analyze.tensor_features(w, spectral=False)
+    assert feats["norm"] == pytest.approx(float(x.norm()), rel=1e-12)
+    assert feats["std"] == pytest.approx(float(var.sqrt()), rel=1e-12)
+    assert feats["kurtosis"] == pytest.approx(float(c.pow(4).mean() / var**2 - 3), rel=1e-10)
+    assert feats["outlier_frac"] == float((c.abs() > 3 * c.std()).double().mean())
+    group = 128 if shape[1] % 128 == 0 else shape[1]
+    g = x.reshape(-1, group)
+    gc = g - g.mean(-1, keepdim=True)
+    kurt = gc.pow(4).mean(-1) / gc.square().mean(-1).square() - 3
+    p = torch.quantile(kurt, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+    for value, name in zip(p.tolist(), ("p50", "p90", "p99")):
+        assert feats[f"group_kurtosis_{name}"] == pytest.approx(value, rel=1e-9)

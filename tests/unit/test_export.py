@@ -298,3 +298,29 @@ def test_clip_search_allocation_is_exported_as_measured(tmp_path):
         assert float((w_hat - w).norm() / w.norm()) == pytest.approx(entry["nrmse"], rel=1e-4)
         checked += 1
     assert checked >= 4
+
+
+def _folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+
+
+@pytest.mark.parametrize("arch,dtype", [("qwen3_moe", torch.bfloat16), ("mixtral", torch.float16),
+                                        ("llama4", torch.bfloat16)])
+def test_parallel_and_compiled_exports_write_the_same_bytes(arch, dtype, tmp_path, monkeypatch):
+    """Two forked workers and the compiled quantize-and-pack write files byte-identical to one
+    process running the torch quantize() and pack(): every width and group size, several shards,
+    the dequantized folder too."""
+    ckpt = Checkpoint(make_tiny_checkpoint(arch, tmp_path / "ckpt", hidden=128, intermediate=128, dtype=dtype))
+    alloc = mixed_allocation(ckpt)
+    options = dict(max_shard_bytes=150_000)
+    ex.export(ckpt, alloc, tmp_path / "one", tmp_path / "one-hf", workers=1, **options)
+    ex.export(ckpt, alloc, tmp_path / "two", tmp_path / "two-hf", workers=2, **options)
+    ex.export(ckpt, alloc, tmp_path / "fused-one", workers=1, **options)
+    ex.export(ckpt, alloc, tmp_path / "fused-two", workers=2, **options)
+    monkeypatch.setattr(ex, "_DTYPE16", {})  # the torch path everywhere
+    ex.export(ckpt, alloc, tmp_path / "torch", workers=1, **options)
+    reference = _folder_bytes(tmp_path / "torch")
+    assert sum(name.endswith(".safetensors") for name in reference) > 1
+    for name in ("one", "two", "fused-one", "fused-two"):
+        assert _folder_bytes(tmp_path / name) == reference, name
+    assert _folder_bytes(tmp_path / "one-hf") == _folder_bytes(tmp_path / "two-hf")

@@ -232,3 +232,84 @@ def test_quantize_mlx_is_mlx_own_quantization(bits, dtype):
     np.testing.assert_allclose(qz.dequantize(q, scales, biases, 64).numpy(), np.array(want), rtol=0, atol=1e-6)
     # And it is not the plain min-max code: the two differ somewhere.
     assert not torch.equal(qz.quantize(w, bits, 64, dtype)[1], scales)
+
+
+def _heavy_tailed_with_constant_groups(rows, cols, seed):
+    """Student-t weights (outliers stretch ranges), a constant row and a constant group (zero scale)."""
+    gen = torch.Generator().manual_seed(seed)
+    normal = torch.randn(rows, cols, generator=gen)
+    chi2 = torch.randn(3, rows, cols, generator=gen).square().sum(0)
+    w = normal / (chi2 / 3).sqrt() * 0.02
+    w[0] = 0.5
+    w[1, :32] = -0.25
+    return w
+
+
+@pytest.mark.parametrize("dtype,scale_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                               (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("cols", [96, 192, 384])
+def test_fused_errors_equal_torch_path(dtype, scale_dtype, cols, monkeypatch):
+    """The compiled one-pass kernel gives the torch path's errors, per row and in total, for every
+    config, including group sizes that do not divide (NaN) and zero-scale groups; chunking too."""
+    w = _heavy_tailed_with_constant_groups(40, cols, seed=cols).to(dtype)
+    monkeypatch.setattr(qz, "_CHUNK_ELEMENTS", cols * 7)  # several chunks, the last one short
+    for per_row in (False, True):
+        fused, energy = qz.squared_errors(w, qz.ALL_CONFIGS, scale_dtype, per_row=per_row)
+        ref, ref_energy = qz.squared_errors_torch(w, qz.ALL_CONFIGS, scale_dtype, per_row=per_row)
+        assert fused.shape == ref.shape
+        assert torch.equal(fused.isnan(), ref.isnan())
+        assert (fused.isnan().any(-1) if per_row else fused.isnan()).sum() == 6 * sum(cols % g != 0 for g in qz.GROUP_SIZES)
+        assert torch.allclose(fused.nan_to_num(), ref.nan_to_num(), rtol=1e-12, atol=0)
+        assert torch.allclose(torch.as_tensor(energy), torch.as_tensor(ref_energy), rtol=1e-12, atol=0)
+
+
+def test_fused_errors_equal_brute_force():
+    """Each config's error is that of the weights `quantize` stores, rebuilt by `dequantize`."""
+    w = _heavy_tailed_with_constant_groups(12, 256, seed=5).bfloat16()
+    errors, _ = qz.squared_errors(w, qz.CONFIGS, torch.bfloat16)
+    for (bits, g), err in zip(qz.CONFIGS, errors.tolist()):
+        w_hat = qz.dequantize(*qz.quantize(w, bits, g, torch.bfloat16), g)
+        assert err == pytest.approx(float((w_hat - w.float()).double().square().sum()), rel=1e-12)
+
+
+def test_fused_errors_do_not_depend_on_threads():
+    w = _heavy_tailed_with_constant_groups(64, 128, seed=9)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = qz.squared_errors(w, per_row=True)[0]
+        torch.set_num_threads(2)
+        two = qz.squared_errors(w, per_row=True)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_round16_equals_torch_conversion(dtype):
+    """The compiled rounding of scales and biases is torch's `.to(dtype)`: normal and subnormal
+    values, exact ties (which go to even), the largest finite value, overflow and zero."""
+    import numpy as np
+
+    from mint import kernels
+
+    params = kernels.FLOAT16 if dtype == torch.float16 else kernels.BFLOAT16
+    gen = torch.Generator().manual_seed(0)
+    # Random magnitudes across every exponent of the dtype, both signs.
+    exps = torch.randint(-30 if dtype == torch.float16 else -140, 17 if dtype == torch.float16 else 127, (20000,),
+                         generator=gen)
+    values = torch.rand(20000, generator=gen).add(1) * torch.pow(2.0, exps.float())
+    values = values * torch.where(torch.rand(20000, generator=gen) < 0.5, -1.0, 1.0)
+    # Exact ties: midpoints between neighbouring 16-bit values (above and below them too).
+    grid = torch.randn(5000, generator=gen).mul(100).to(dtype)
+    up = torch.nextafter(grid.float(), torch.tensor(float("inf"))).to(dtype)
+    ties = (grid.float() + up.float()) / 2
+    subnormal = torch.arange(0, 64, dtype=torch.float32) * 2.0 ** (-25 if dtype == torch.float16 else -134)
+    limit = torch.finfo(dtype).max
+    edges = torch.tensor([0.0, -0.0, limit, -limit, limit * 1.001, limit * 0.9999, 1e-30, 3e-8])
+    x = torch.cat([values, ties, torch.nextafter(ties, torch.tensor(0.0)), subnormal, edges]).float()
+    x = x[x.isfinite()]
+    ours = x.numpy().copy()
+    kernels.round16(ours, *params)
+    expected = x.to(dtype).float().numpy()
+    assert np.array_equal(ours, expected), x.numpy()[ours != expected][:5]

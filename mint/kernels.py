@@ -1,0 +1,259 @@
+"""Compiled (numba) loops for the hot paths: the squared errors of every config in one pass.
+
+`rd_errors` is the fused form of `quantizer.squared_errors_torch`. Per row, each group's minimum and
+maximum are found once at the smallest group size and combined for the larger ones; each group's
+difference to its bias (the rounded minimum, shared by every bit width) is formed once and stays in
+L1 while every bit width quantizes it, so nothing the size of the tensor is materialised per
+config. Every float32 operation is the one the torch path does, in the same order, and the compiler
+is not allowed to contract or reassociate them, so each weight's error is bit-identical; only the
+float64 sum over a group is reassociated (vectorised), which moves a total by ~1e-16.
+
+Scales and biases are rounded to the 16-bit storage dtype here too (`round16`, round to nearest
+even, as torch's `.to(dtype)`), so a chunk of rows needs no torch op but its float32 conversion.
+Weights must be finite (as checkpoints' are): the range and rounding loops assume it.
+
+Compiled on first use and cached next to this file (`cache=True`), so later processes start warm.
+"""
+
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# numba's own thread pool, not OpenMP: after a parallel region OpenMP workers spin-wait, and on a
+# 2-core machine running a second analysis process they stole enough CPU to make this process's
+# kernels and torch ops 5-10x slower (measured: 6 vs 62 M params/s). An explicit setting wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+# (significand bits incl. the implicit one, smallest normal exponent, largest finite) per 16-bit dtype.
+FLOAT16 = (11, -14, 65504.0)
+BFLOAT16 = (8, -126, 3.3895313892515355e38)
+
+
+@njit(cache=True, nogil=True)
+def round16(a, digits, min_exp, largest):
+    """Round every float32 of the contiguous array `a` in place to the nearest 16-bit value (ties to
+    even), as torch's `.to(dtype)` does; values stay float32. `a` must be finite.
+
+    A value the 16-bit dtype holds as a normal number loses its 24 - digits low significand bits by
+    integer round-half-to-even on its bit pattern (a carry into the exponent is the right result);
+    one below the smallest normal (fixed spacing 2**(min_exp - digits + 1)) is rounded by adding and
+    subtracting 2**(min_exp - digits + 24), which float32's own rounding does to that spacing.
+    """
+    bits = a.view(np.uint32)
+    drop = 24 - digits
+    half = np.uint32((1 << (drop - 1)) - 1)
+    keep = np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
+    smallest_normal = np.uint32((min_exp + 127) << 23)
+    magic = np.float32(2.0 ** (min_exp - digits + 24))
+    for j in range(a.shape[0]):
+        u = bits[j]
+        sign = u & np.uint32(0x80000000)
+        mag = u & np.uint32(0x7FFFFFFF)
+        if mag < smallest_normal:
+            v = abs(a[j])
+            v = (v + magic) - magic
+            a[j] = v if sign == 0 else -v
+        else:
+            mag = (mag + half + ((mag >> np.uint32(drop)) & np.uint32(1))) & keep
+            bits[j] = sign | mag
+            if abs(a[j]) > largest:
+                # Rounded past the largest finite value (from at least half a spacing above it).
+                a[j] = np.float32(np.inf) if sign == 0 else np.float32(-np.inf)
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _sum_squares(e, n):
+    """sum(e[:n]**2) in float64. Reassociation (only here) lets the reduction vectorise."""
+    acc = 0.0
+    for j in range(n):
+        v = np.float64(e[j])
+        acc += v * v
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _group_errors(xs, bias, scales, levels, diff, err, out, row, col):
+    """Squared errors of one group `xs` at every bit width, added to out[col + i, row]."""
+    g = xs.shape[0]
+    for j in range(g):
+        diff[j] = xs[j] - bias
+    for i in range(levels.shape[0]):
+        scale = scales[i]
+        if scale == 0:
+            # A range that rounds to a zero scale: every code is 0 and w_hat = bias.
+            for j in range(g):
+                err[j] = bias - xs[j]
+        else:
+            top = levels[i]
+            for j in range(g):
+                # np.rint rounds half to even, as torch.round does.
+                q = min(max(np.rint(diff[j] / scale), np.float32(0)), top)
+                err[j] = (q * scale + bias) - xs[j]
+        out[col + i, row] += _sum_squares(err, g)
+
+
+@njit(fastmath={"nnan", "ninf", "nsz"}, cache=True, nogil=True)
+def _ranges(row, g, lo, hi):
+    """Minimum and maximum of each group of `g` in `row` (finite weights: the flags let it vectorise)."""
+    for k in range(lo.shape[0]):
+        m = row[k * g]
+        n = m
+        for j in range(k * g + 1, (k + 1) * g):
+            m = min(m, row[j])
+            n = max(n, row[j])
+        lo[k] = m
+        hi[k] = n
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
+    """Add each row's squared quantization error at every (group size, bit width) to `out`.
+
+    Args:
+        x: float32 [rows, cols], finite; every group size divides cols, the first divides the others.
+        group_sizes: int64 [n_groups], ascending.
+        levels: float32 [n_bits], 2**bits - 1 (the same bit widths for every group size).
+        digits, min_exp, largest: the 16-bit storage dtype (FLOAT16 or BFLOAT16).
+        out: float64 [n_groups * n_bits, rows] (group size major), accumulated into.
+        energy: float64 [rows], each row's sum of squares, accumulated into.
+    """
+    rows, cols = x.shape
+    n_bits = levels.shape[0]
+    base = group_sizes[0]
+    for r in prange(rows):
+        row = x[r]
+        lo = np.empty(cols // base, np.float32)
+        hi = np.empty(cols // base, np.float32)
+        _ranges(row, base, lo, hi)
+        energy[r] += _sum_squares(row, cols)
+        diff = np.empty(group_sizes[-1], np.float32)
+        err = np.empty(group_sizes[-1], np.float32)
+        for gi in range(group_sizes.shape[0]):
+            g = group_sizes[gi]
+            per, n_groups = g // base, cols // g
+            biases = np.empty(n_groups, np.float32)
+            scales = np.empty((n_groups, n_bits), np.float32)
+            for k in range(n_groups):
+                w_min, w_max = lo[k * per], hi[k * per]
+                for m in range(1, per):
+                    w_min = min(w_min, lo[k * per + m])
+                    w_max = max(w_max, hi[k * per + m])
+                biases[k] = w_min
+                span = w_max - w_min
+                for i in range(n_bits):
+                    scales[k, i] = span / levels[i]
+            round16(biases, digits, min_exp, largest)
+            round16(scales.reshape(-1), digits, min_exp, largest)
+            for k in range(n_groups):
+                _group_errors(row[k * g : (k + 1) * g], biases[k], scales[k], levels, diff[:g], err[:g], out,
+                              r, gi * n_bits)
+
+
+@njit(cache=True, nogil=True)
+def quantize_pack(x, group_size, bits, digits, min_exp, largest, words, scales, biases):
+    """`quantizer.quantize` then `quantizer.pack`, fused: MLX's packed words of `x`, and its scales
+    and biases rounded to the 16-bit dtype (held in float32), the same values as the torch path's.
+
+    Args:
+        x: float32 [rows, cols], finite, cols a multiple of 32 and of group_size.
+        words: uint32 [rows, cols * bits / 32], written (element j of a row in bits [j*bits, (j+1)*bits)
+            of the row's little-endian bit stream).
+        scales, biases: float32 [rows, cols / group_size], written.
+    """
+    rows, cols = x.shape
+    n_groups = cols // group_size
+    levels = np.float32(2**bits - 1)
+    codes = np.empty(group_size, np.uint32)
+    for r in range(rows):
+        row = x[r]
+        _ranges(row, group_size, biases[r], scales[r])  # minima, maxima
+        for k in range(n_groups):
+            scales[r, k] = (scales[r, k] - biases[r, k]) / levels
+        round16(biases[r], digits, min_exp, largest)
+        round16(scales[r], digits, min_exp, largest)
+        acc = np.uint64(0)
+        filled = 0
+        out = 0
+        for k in range(n_groups):
+            scale, bias = scales[r, k], biases[r, k]
+            xs = row[k * group_size : (k + 1) * group_size]
+            if scale == 0:
+                codes[:] = 0  # a constant group: every code is 0 and w_hat = bias
+            else:
+                for j in range(group_size):
+                    codes[j] = np.uint32(min(max(np.rint((xs[j] - bias) / scale), np.float32(0)), levels))
+            for j in range(group_size):
+                acc |= np.uint64(codes[j]) << np.uint64(filled)
+                filled += bits
+                if filled >= 32:
+                    words[r, out] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+                    out += 1
+                    acc >>= np.uint64(32)
+                    filled -= 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics of a matrix (mint/analyze.py's features), over float32 pieces of it. Sums are float64
+# and reassociated (vectorised); the deviations from the mean are taken in float64.
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def sum64(x):
+    """Sum of the float32 array `x` in float64."""
+    acc = 0.0
+    for j in range(x.shape[0]):
+        acc += np.float64(x[j])
+    return acc
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def central_sums(x, mean):
+    """(sum of (x - mean)**2, sum of (x - mean)**4) in float64."""
+    s2 = 0.0
+    s4 = 0.0
+    for j in range(x.shape[0]):
+        c = np.float64(x[j]) - mean
+        c2 = c * c
+        s2 += c2
+        s4 += c2 * c2
+    return s2, s4
+
+
+@njit(cache=True, nogil=True)
+def count_beyond(x, mean, limit):
+    """How many of `x` lie farther than `limit` from `mean`, compared in float32 as torch does
+    (a float32 tensor against Python floats)."""
+    m, lim = np.float32(mean), np.float32(limit)
+    n = 0
+    for j in range(x.shape[0]):
+        n += abs(x[j] - m) > lim
+    return n
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def group_kurtosis(x, group, out):
+    """Excess kurtosis of each group of `group` consecutive values of `x` into `out` (0 for a
+    constant group), moments in float64."""
+    for k in range(out.shape[0]):
+        xs = x[k * group : (k + 1) * group]
+        mean = 0.0
+        for j in range(group):
+            mean += np.float64(xs[j])
+        mean /= group
+        s2 = 0.0
+        s4 = 0.0
+        for j in range(group):
+            c = np.float64(xs[j]) - mean
+            c2 = c * c
+            s2 += c2
+            s4 += c2 * c2
+        var = s2 / group
+        out[k] = s4 / group / (var * var) - 3 if var > 0 else 0.0
+
+
+def set_threads(n):
+    """Threads of the parallel kernels (capped at what numba was started with)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
