@@ -152,7 +152,8 @@ def mlx_recipe_allocation(checkpoint, units, recipe, work=None):
     if result["total_bytes"] != written:
         raise ValueError(f"mlx-lm's {recipe} wrote {written} bytes of tensors; the same choice is "
                          f"{result['total_bytes']} bytes by our count")
-    result.update(recipe=recipe)
+    # Exported with MLX's own rounding, so the folder is the one mlx-lm's convert writes.
+    result.update(recipe=recipe, rounding="mlx")
     return result
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from mint import kernels
 from mint.checkpoint import MX_BLOCKS, MXFP4, Checkpoint, CheckpointError, default_dtype16, read_header
 from mint.layouts import config_value, mlx_supported
-from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, tensor_bytes
+from mint.quantizer import FULL, check_config, dequantize, fits, pack, quantize, quantize_mlx, tensor_bytes
 
 GIB = 1024**3
 # mlx-lm's own shard limit (utils.MAX_FILE_SIZE_GB).
@@ -448,9 +448,10 @@ def _matrix(ckpt, ref, e):
     return ckpt.read(ref) if e is None else ckpt.read_expert(ref, e)
 
 
-def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False, family=None):
+def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False, family=None, rounding="minmax"):
     """Write matrix `w` of `ref` (expert index `expert`) into its unit; return what MLX rebuilds
-    (for a parameter the family stores otherwise, in the checkpoint's convention)."""
+    (for a parameter the family stores otherwise, in the checkpoint's convention). `rounding` "mlx"
+    quantizes as mx.quantize does (mlx-lm's own files, for its recipes as a baseline)."""
     unit = ref.unit
     if not ref.quantizable:
         w16 = mlx_parameter(family, unit, w.float()).to(dtype16)
@@ -465,13 +466,16 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
         writer.write(f"{unit}.weight", w16, row0)
         return w16.float() if want_dequant else None
     bits, group = config
-    fused = not (want_dequant or clip) and dtype16 in _DTYPE16
+    fused = not (want_dequant or clip) and rounding == "minmax" and dtype16 in _DTYPE16
     w_hat = torch.empty(out, inp) if want_dequant else None
     for r0, r1 in _row_blocks(out, inp):
         if fused:
             packed, scales, biases = _quantize_pack(w[r0:r1], bits, group, dtype16)
         else:
-            q, scales, biases = quantize(w[r0:r1], bits, group, dtype16, clip=clip)
+            if rounding == "mlx":
+                q, scales, biases = quantize_mlx(w[r0:r1], bits, group, dtype16)
+            else:
+                q, scales, biases = quantize(w[r0:r1], bits, group, dtype16, clip=clip)
             packed = pack(q, bits)
         writer.write(f"{unit}.weight", packed, row0 + r0)
         writer.write(f"{unit}.scales", scales, row0 + r0)
@@ -494,16 +498,19 @@ def _quantize_pack(w, bits, group, dtype16):
 
 
 def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=None,
-                  progress=False, workers=1):
+                  progress=False, workers=1, rounding="minmax"):
     """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy.
 
-    Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`). With
+    Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`); `rounding`
+    "mlx" rounds as mx.quantize does (`quantizer.quantize_mlx`), for mlx-lm's recipes. With
     `workers` > 1, tensors are shared out to that many forked processes, largest first, each writing
     its tensors' bytes at their offsets (os.pwrite): the files are the same bytes as with one.
     """
-    job = (ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip or set())
+    job = (ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip or set(), rounding)
     tensors = _disk_tensors(ckpt)
-    if workers > 1 and len(tensors) > 1 and "fork" in multiprocessing.get_all_start_methods():
+    # MLX's own quantizer (rounding "mlx") runs MLX's thread pool, which a forked child inherits
+    # locked: those exports stay in this process.
+    if workers > 1 and len(tensors) > 1 and rounding == "minmax" and "fork" in multiprocessing.get_all_start_methods():
         _write_forked(job, tensors, workers, progress)
         return
     for name in tqdm(tensors, total=len(tensors), desc="export", unit="tensor", disable=not progress):
@@ -512,7 +519,7 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
 
 def _write_tensor(job, name, refs):
     """Write one tensor on disk (every expert of a fused stack, every part of a split one)."""
-    ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip = job
+    ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip, rounding = job
     fused = refs[0].n_experts > 1
     for e in range(refs[0].n_experts) if fused else [None]:
         parts = []  # the dequantized parts of a fused tensor, to put back together for transformers
@@ -520,7 +527,7 @@ def _write_tensor(job, name, refs):
             w = _matrix(ckpt, ref, e)
             expert = e if fused else (ref.expert or 0)
             parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
-                                    hf_writer is not None, ref.unit in clip, ckpt.family))
+                                    hf_writer is not None, ref.unit in clip, ckpt.family, rounding))
         if hf_writer is not None:
             twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
             w = _disk_layout(refs, parts)
@@ -717,9 +724,11 @@ def export(
             writers.append(ShardWriter(hf_tmp, hf_shards, {"format": "pt"}))
         # An allocation made from clip-search curves is exported with clip search: the weights
         # written are the weights that were measured.
+        # mlx-lm's own recipes (mint baseline mlx-recipe) are written as mlx-lm writes them.
         write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype,
                       clip=clipped_units(allocation), progress=progress,
-                      workers=default_workers() if workers is None else workers)
+                      workers=default_workers() if workers is None else workers,
+                      rounding=allocation.get("rounding", "minmax"))
         for writer in writers:
             writer.close()
 

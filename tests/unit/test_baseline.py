@@ -70,3 +70,14 @@ def test_mlx_recipe_is_read_back_as_the_allocation_mlx_lm_wrote(arch, tmp_path):
     assert chosen["lm_head"] == (6, 64) and chosen["model.layers.0.self_attn.q_proj"] == (3, 64)
     downs = {u: c for u, c in chosen.items() if "down_proj" in u}
     assert (6, 64) in downs.values() and (3, 64) in downs.values()
+    # Exported by our writer (forked workers too), the folder holds mlx-lm's own tensors, word for word.
+    import torch
+    from safetensors.torch import load_file
+
+    from mint.export import export
+
+    export(Checkpoint(ckpt), result, tmp_path / "ours", workers=2, progress=False)
+    theirs = {k: v for f in (tmp_path / "mlx").glob("*.safetensors") for k, v in load_file(f).items()}
+    ours = {k: v for f in (tmp_path / "ours").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(ours) == set(theirs)
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)
