@@ -143,3 +143,24 @@ def make_tiny_checkpoint(
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(path, **kwargs)
     return path
+
+
+def write_tiny_tokenizer(path, vocab=256):
+    """A tiny seeded SentencePiece tokenizer (`tokenizer.model`) in checkpoint folder `path`.
+
+    llama.cpp's converter needs a tokenizer; BPE ones must match a pre-tokenizer it knows by hash,
+    SentencePiece ones need not (Mixtral, Qwen2/3-MoE and Llama-4 converters try SentencePiece
+    first), so test and synthetic checkpoints carry this one. Pieces beyond its vocabulary are
+    padded by the converter up to the model's vocab size.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    words = [f"w{i} x{i % 7} y{i % 11} the a of and" for i in range(400)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(words), model_writer=model, vocab_size=min(vocab, 64),
+                                   model_type="bpe", character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0,
+                                   pad_id=-1, minloglevel=2, num_threads=1, seed_sentencepiece_size=1000)
+    (Path(path) / "tokenizer.model").write_bytes(model.getvalue())
+    return Path(path)
