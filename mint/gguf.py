@@ -323,8 +323,12 @@ def quantize_file(source, out, types, threads=None, ftype=_REQUEST_FTYPE):
     `types` maps exact tensor names to ggml type names (tensors llama.cpp does not quantize are
     copied whatever is asked); None applies `ftype`'s own mix (llama.cpp's presets).
     """
+    import logging
+
     import llama_cpp
 
+    # llama-cpp-python prints every line of llama.cpp's log unless its logger is raised.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or (os.cpu_count() or 1)
@@ -404,18 +408,21 @@ def convert_gguf(path, budget, out, preset, work_folder, overwrite=False, progre
     units_file, meta_file = work_folder / "units.parquet", work_folder / "gguf.json"
     temp = work_folder / "model-16bit.gguf"
     reused = units_file.exists() and meta_file.exists()
+
+    def plan(units, header):
+        return allocate_gguf(units, header, budget, preset["solver"], preset["sqnr_floor_db"],
+                             raised_floor_db=preset["raised_floor_db"])
+
+    # With a cached measurement, a budget that cannot be met fails before any conversion.
+    allocation = plan(alloc.load_units(units_file), json.loads(meta_file.read_text())["header_bytes"]) if reused else None
     try:
         convert_to_gguf(path, temp, progress)
-        if reused:
-            units, meta = alloc.load_units(units_file), json.loads(meta_file.read_text())
-        else:
+        if not reused:
             units, rd, clusters, header = measure_gguf(temp, progress=progress)
-            meta = {"header_bytes": header, "checkpoint": str(Path(path).resolve())}
             write_parquet(rd, work_folder / "experts.parquet")
             write_parquet(units, units_file)
-            meta_file.write_text(json.dumps(meta, indent=1))
-        allocation = allocate_gguf(units, meta["header_bytes"], budget, preset["solver"], preset["sqnr_floor_db"],
-                                   raised_floor_db=preset["raised_floor_db"])
+            meta_file.write_text(json.dumps({"header_bytes": header, "checkpoint": str(Path(path).resolve())}, indent=1))
+            allocation = plan(units, header)
         alloc.write_allocation(allocation, work_folder / "allocations" / f"gguf-{allocation['budget_bytes']}.json",
                                drop=alloc.RUN_KEYS)
         write_gguf(temp, allocation, out, overwrite=overwrite, threads=threads)
@@ -431,3 +438,43 @@ def describe_types(allocation):
         per_type[u["ggml_type"]] = per_type.get(u["ggml_type"], 0) + int(u["n_params"])
     total = sum(per_type.values())
     return ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in sorted(per_type.items(), key=lambda x: -x[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a file back through llama.cpp
+
+
+def llama_logits(path, tokens, threads=None):
+    """llama.cpp's logits [len(tokens), vocab] (float32) for `tokens` run through the GGUF at `path`.
+
+    The CPU backend's extra buffer types (repacked / AMX weights) are turned off, as llama-server's
+    --no-repack does: on a machine that reports AMX (this project's CI), they crash on the types
+    they handle (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS); plain buffers compute the same model.
+    """
+    import logging
+
+    import llama_cpp
+
+    read_gguf(path)  # a damaged file is a one-line error, not a crash inside llama.cpp
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    low = llama_cpp.llama_cpp
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(16, len(tokens)), n_batch=max(16, len(tokens)),
+                              n_threads=threads or (os.cpu_count() or 1), verbose=False)
+    except ValueError as e:
+        raise GGUFError(f"{path}: llama.cpp cannot load it ({e})") from None
+    finally:
+        low.llama_model_default_params = default
+    try:
+        llm.eval(list(tokens))
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
