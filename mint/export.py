@@ -658,11 +658,31 @@ def quantize_files(checkpoint, allocation, mlx_out, dequant_out=None, rules=None
     )
 
 
+def _quantize_gguf(checkpoint, allocation, out, overwrite, parser):
+    """`mint quantize --format gguf`: mint/gguf.py writes and checks the file."""
+    from mint import gguf
+
+    if not out:
+        parser.error("--gguf-out is required with --format gguf")
+    try:
+        written = gguf.quantize_checkpoint(checkpoint, json.loads(Path(allocation).read_text()), out, overwrite)
+    except (gguf.GGUFError, OSError, json.JSONDecodeError, RuntimeError) as e:
+        print(f"mint quantize: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{out}: {written / GIB:.4f} GiB; written bytes = predicted bytes = {written}\n"
+          f"run it: llama-server -m {out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="mint quantize", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder (safetensors)")
     parser.add_argument("--allocation", required=True, help="allocation JSON (units + quantization dict)")
-    parser.add_argument("--mlx-out", required=True, help="MLX folder to write (mlx_lm.load opens it)")
+    parser.add_argument("--format", dest="fmt", choices=("mlx", "gguf"), default="mlx",
+                        help="mlx: an MLX folder (--mlx-out); gguf: a GGUF file for llama.cpp (--gguf-out), from an "
+                             "allocation made with `mint convert --format gguf` (its work folder's allocations/)")
+    parser.add_argument("--mlx-out", help="MLX folder to write (mlx_lm.load opens it); required with --format mlx")
+    parser.add_argument("--gguf-out", help="GGUF file to write (llama-server -m opens it); required with --format gguf")
     parser.add_argument("--dequant-out", help="dequantized Hugging Face folder to write, for evaluation")
     parser.add_argument("--rules", help="JSON list of extra naming rules (see mint/layouts.py)")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float16"), default="auto",
@@ -671,6 +691,11 @@ def main(argv=None):
     parser.add_argument("--max-shard-size", type=_size, default="5GB", help="largest MLX shard, e.g. 5GB or 500MB")
     parser.add_argument("--overwrite", action="store_true", help="replace non-empty output folders")
     args = parser.parse_args(argv)
+    fmt, gguf_out = args.__dict__.pop("fmt"), args.__dict__.pop("gguf_out")
+    if fmt == "gguf":
+        return _quantize_gguf(args.checkpoint, args.allocation, gguf_out, args.overwrite, parser)
+    if not args.mlx_out:
+        parser.error("--mlx-out is required with --format mlx")
     try:
         manifest = quantize_files(**vars(args))
     except (CheckpointError, ExportError, OSError, json.JSONDecodeError) as e:

@@ -391,6 +391,28 @@ def write_gguf(source, allocation, out, overwrite=False, threads=None):
     return size
 
 
+def quantize_checkpoint(checkpoint, allocation, out, overwrite=False, progress=True):
+    """`mint quantize --format gguf`: convert `checkpoint` (a temporary 16-bit GGUF beside `out`) and
+    write it with a GGUF allocation's types. Returns the bytes written (= the allocation's)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise GGUFError(f"{out} exists (pass --overwrite to replace it)")
+    if allocation.get("format") != "gguf":
+        raise GGUFError("the allocation is not a GGUF allocation (it has no ggml_types): make it with "
+                        "`mint convert --format gguf`")
+    temp = out.with_name(out.name + ".16bit.tmp")
+    try:
+        convert_to_gguf(checkpoint, temp, progress)
+        reader = read_gguf(temp)
+        same = {t.name for t in reader.tensors} == set(allocation["ggml_types"])
+        if not same or header_bytes(reader) != allocation["header_bytes"]:
+            raise GGUFError(f"the allocation was made for another model than {checkpoint} (tensors or metadata differ)")
+        del reader
+        return write_gguf(temp, allocation, out, overwrite=overwrite)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # One command
 

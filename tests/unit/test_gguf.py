@@ -233,3 +233,32 @@ def test_corrupt_gguf_is_a_one_line_error(tmp_path, exported):
     bad.write_bytes(b"GGUF" + bytes(100))
     with pytest.raises(gguf.GGUFError, match="not a readable GGUF|no such|cannot load"):
         gguf.read_gguf(bad)
+
+
+def test_mint_quantize_writes_a_gguf_allocation(exported, tmp_path, capsys):
+    from mint import export
+
+    path = tmp_path / "alloc.json"
+    alloc.write_allocation(exported["allocation"], path)
+    out = tmp_path / "again.gguf"
+    assert export.main(["--checkpoint", str(exported["ckpt"]), "--allocation", str(path), "--format", "gguf",
+                        "--gguf-out", str(out)]) == 0
+    assert out.read_bytes() == exported["out"].read_bytes()
+    assert f"llama-server -m {out}" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary 16-bit copy is gone
+
+
+def test_mint_convert_gguf_reuses_its_measurement(exported, tmp_path, capsys):
+    from mint import convert
+
+    args = [str(exported["ckpt"]), "--budget", "5bpw", "--format", "gguf", "--work", str(tmp_path / "work")]
+    assert convert.main(args + ["--out", str(tmp_path / "a.gguf")]) == 0
+    first = capsys.readouterr().out
+    assert convert.main(args[:2] + ["4bpw"] + args[3:] + ["--out", str(tmp_path / "b.gguf")]) == 0
+    second = capsys.readouterr().out
+    assert "analysis written to" in first and "analysis reused from" in second
+    assert f"llama-server -m {tmp_path / 'b.gguf'}" in second
+    sizes = [(tmp_path / f).stat().st_size for f in ("a.gguf", "b.gguf")]
+    n_params = exported["allocation"]["n_params"]
+    assert sizes[0] <= 5 * n_params // 8 and sizes[1] <= 4 * n_params // 8 < sizes[0]
+    assert not list((tmp_path / "work").rglob("*.gguf"))  # no full-size copy is left behind
