@@ -151,6 +151,15 @@ def numpy_shape(tensor):
     return tuple(int(d) for d in reversed(tensor.shape.tolist()))
 
 
+def n_dims(tensor):
+    """ggml's count of dimensions (ggml_n_dims): trailing sizes of 1 do not count, so a [1, H] gate
+    stored by the converter as 2-D is 1-D to llama.cpp (never quantized, and written with one dim)."""
+    ne = [int(d) for d in tensor.shape.tolist()]
+    while len(ne) > 1 and ne[-1] == 1:
+        ne.pop()
+    return len(ne)
+
+
 def allows_quantization(name, n_dims):
     """Whether llama.cpp's quantizer quantizes this tensor (tensor_allows_quantization, the names
     that occur in text models); the written file's types are checked against the plan anyway."""
@@ -232,7 +241,7 @@ def measure_tensor(tensor, cluster_threshold=CLUSTER_THRESHOLD, k=CLUSTERS_PER_U
     shape = numpy_shape(tensor)
     role = tensor_role(name)
     ident = dict(unit=name, tensor=name, role=role, layer=tensor_layer(name), proj="")
-    types = ggml.offered_types(shape[-1]) if allows_quantization(name, len(shape)) else ()
+    types = ggml.offered_types(shape[-1]) if allows_quantization(name, n_dims(tensor)) else ()
     w = tensor_values(tensor)
     if role != "routed_expert" or w.ndim != 3:
         w2 = w.reshape(-1, shape[-1])
@@ -252,10 +261,12 @@ def measure_tensor(tensor, cluster_threshold=CLUSTER_THRESHOLD, k=CLUSTERS_PER_U
 
 def header_bytes(reader):
     """Bytes before the tensor data in the file llama.cpp's quantizer writes from `reader`'s file:
-    the same metadata and tensor infos, plus the quantizer's keys where absent, padded."""
+    the same metadata and tensor infos, plus the quantizer's keys where absent, padded. ggml writes
+    a tensor's dims without trailing 1s (8 bytes each), which gguf-py's writer keeps."""
     last = reader.tensors[-1].field if reader.tensors else None
     fields = list(reader.fields.values())
     end = max(f.offset + sum(int(p.nbytes) for p in f.parts) for f in ([last] if last else fields))
+    end -= 8 * sum(len(t.shape) - n_dims(t) for t in reader.tensors)
     for key in QUANTIZER_KEYS:
         if key not in reader.fields:
             end += 8 + len(key.encode()) + 4 + 4  # key length, key, value type, uint32 value
@@ -379,7 +390,7 @@ def write_gguf(source, allocation, out, overwrite=False, threads=None):
     tmp = out.with_name(out.name + ".tmp")
     reader = read_gguf(source)
     requested = {t.name: allocation["ggml_types"][t.name] for t in reader.tensors
-                 if allows_quantization(t.name, len(t.shape)) and t.name in allocation["ggml_types"]}
+                 if allows_quantization(t.name, n_dims(t)) and t.name in allocation["ggml_types"]}
     del reader
     quantize_file(source, tmp, requested, threads)
     try:

@@ -164,3 +164,23 @@ def write_tiny_tokenizer(path, vocab=256):
                                    pad_id=-1, minloglevel=2, num_threads=1, seed_sentencepiece_size=1000)
     (Path(path) / "tokenizer.model").write_bytes(model.getvalue())
     return Path(path)
+
+
+def write_tiny_bpe_tokenizer(path, vocab=256):
+    """A tiny byte-level BPE tokenizer (tokenizer.json, as transformers saves it) in folder `path`.
+
+    llama.cpp's converter identifies a BPE tokenizer's pre-tokenizer by the hash of its output on a
+    fixed text; this one is unknown to it (tests answer that check themselves, see test_gguf.py).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # 256 byte symbols + 1 special token + merges: the vocabulary must exceed the alphabet.
+    trainer = trainers.BpeTrainer(vocab_size=max(vocab, 260) - 2, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([f"w{i} the a of and x{i % 7}" for i in range(300)], trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(path)
+    return Path(path)

@@ -1,9 +1,12 @@
 """GGUF target: ggml's codecs against gguf-py's numpy codecs, sizes against ggml's block layouts, and
 exported files against llama.cpp itself (types, bytes, logits) and against the RD measurement.
 
-The test model is a tiny Mixtral (llama.cpp's converter takes its SentencePiece tokenizer without a
-pre-tokenizer hash): hidden 256 so k-quants apply, expert width 512, and a second one of width 352
-where the down projection's rows fit only the 32-blocks (llama.cpp's fallback rule).
+The main test model is a tiny Mixtral (llama.cpp's converter takes its SentencePiece tokenizer as it
+is): hidden 256 so k-quants apply, expert width 512, and a second one of width 352 where the down
+projection's rows fit only the 32-blocks (llama.cpp's fallback rule). Qwen2-MoE, Qwen3-MoE and Llama-4
+models carry a tiny BPE tokenizer, whose pre-tokenizer llama.cpp's converter cannot recognize by its
+hash (released checkpoints' tokenizers it does): for them the converter runs with that one check
+answered "default", which changes how text is split into tokens and nothing else.
 """
 
 import json
@@ -18,7 +21,7 @@ import torch
 
 from mint import allocate as alloc
 from mint import ggml, gguf
-from mint.testing import make_tiny_checkpoint, write_tiny_tokenizer
+from mint.testing import make_tiny_checkpoint, write_tiny_bpe_tokenizer, write_tiny_tokenizer
 
 # Bytes per block and weights per block of each type, from ggml's block layouts (FAMILIES.md):
 # e.g. Q4_K = 2 fp16 scales + 12 bytes of 6-bit sub-scales + 128 bytes of 4-bit codes per 256 weights.
@@ -33,9 +36,26 @@ def _matrix(rows=8, cols=512, seed=0):
     return np.random.default_rng(seed).standard_t(5, size=(rows, cols)).astype(np.float32) * 0.02
 
 
+# The converter, with its pre-tokenizer check answered (see the module docstring).
+_CONVERT_ANY_BPE = ("import sys, runpy; sys.path[:0] = [{d!r}, {d!r} + '/gguf-py']; import conversion.base as b; "
+                    "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'default'; sys.argv = {argv!r}; "
+                    "runpy.run_path({d!r} + '/convert_hf_to_gguf.py', run_name='__main__')")
+
+
 def _mixtral(folder, intermediate):
     path = make_tiny_checkpoint("mixtral", folder, hidden=256, intermediate=intermediate, num_experts=4, vocab=256)
     return write_tiny_tokenizer(path)
+
+
+def _convert_with_bpe(arch, folder):
+    """A tiny `arch` checkpoint with a BPE tokenizer and its 16-bit GGUF."""
+    ckpt = write_tiny_bpe_tokenizer(make_tiny_checkpoint(arch, folder / "hf", hidden=256, intermediate=512,
+                                                         num_experts=4, vocab=300), vocab=290)
+    out = folder / "model-16bit.gguf"
+    d = str(gguf.llama_cpp_dir())
+    argv = ["convert_hf_to_gguf.py", str(ckpt), "--outfile", str(out), "--outtype", gguf.outtype(ckpt)]
+    subprocess.run([sys.executable, "-c", _CONVERT_ANY_BPE.format(d=d, argv=argv)], check=True, capture_output=True)
+    return ckpt, out
 
 
 @pytest.fixture(scope="module")
@@ -141,22 +161,23 @@ def test_written_tensors_are_the_measured_reconstruction(exported):
     assert checked >= 10
 
 
-def _gguf_name_map(ckpt):
+def _gguf_name_map(ckpt, arch="LLAMA"):
     """HF tensor name -> GGUF tensor name, by gguf-py's own table (per-expert names map to the stack)."""
     g = gguf.import_gguf()
     n_layers = json.loads((ckpt / "config.json").read_text())["num_hidden_layers"]
-    table = g.get_tensor_name_map(g.MODEL_ARCH.LLAMA, n_layers)
+    table = g.get_tensor_name_map(g.MODEL_ARCH[arch], n_layers)
     return lambda name: table.get_name(re.sub(r"\.experts\.\d+\.", ".experts.", name), try_suffixes=(".weight", ".bias"))
 
 
-def _dequantized_torch_logits(ckpt, types, folder):
+def _dequantized_torch_logits(ckpt, types, folder, arch="LLAMA"):
     """Logits of transformers (float32) on the HF model whose every tensor is what ggml's to_float
-    rebuilds from its planned type. Mixtral's converter only reorders rows (q/k heads) and stacks
-    experts, and ggml quantizes row by row, so quantizing the HF layout gives the same weights."""
+    rebuilds from its planned type. The Mixtral and Qwen converters only reorder rows (Mixtral's q/k
+    heads) and stack experts, and ggml quantizes row by row, so quantizing the HF layout gives the
+    same weights (not so for Llama-4, whose fused experts the converter transposes)."""
     import transformers
     from safetensors.torch import load_file, save_file
 
-    to_gguf = _gguf_name_map(ckpt)
+    to_gguf = _gguf_name_map(ckpt, arch)
     weights = {}
     for name, w in load_file(str(ckpt / "model.safetensors")).items():
         kind = types[to_gguf(name)]
@@ -199,7 +220,7 @@ def test_rows_of_352_get_only_types_llama_cpp_keeps(tmp_path):
     down = set(units.loc[units["unit"] == "blk.0.ffn_down_exps.weight", "ggml_type"])
     assert down == {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "BF16"}
     # llama.cpp really falls back there (Q4_K -> Q5_0), which is why Q4_K is never offered
-    names = [t.name for t in gguf.read_gguf(f16).tensors if gguf.allows_quantization(t.name, len(t.shape))]
+    names = [t.name for t in gguf.read_gguf(f16).tensors if gguf.allows_quantization(t.name, gguf.n_dims(t))]
     gguf.quantize_file(f16, tmp_path / "q4k.gguf", {n: "Q4_K" for n in names})
     forced = gguf.file_types(tmp_path / "q4k.gguf")
     assert forced["blk.0.ffn_down_exps.weight"] == "Q5_0" and forced["blk.0.ffn_up_exps.weight"] == "Q4_K"
@@ -262,3 +283,21 @@ def test_mint_convert_gguf_reuses_its_measurement(exported, tmp_path, capsys):
     n_params = exported["allocation"]["n_params"]
     assert sizes[0] <= 5 * n_params // 8 and sizes[1] <= 4 * n_params // 8 < sizes[0]
     assert not list((tmp_path / "work").rglob("*.gguf"))  # no full-size copy is left behind
+
+
+@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "llama4"])
+def test_bpe_architectures_export_exactly_and_run(arch, tmp_path):
+    ckpt, f16 = _convert_with_bpe(arch, tmp_path)
+    units, _, _, header = gguf.measure_gguf(f16, progress=False)
+    allocation = gguf.allocate_gguf(units, header, "4.5bpw")
+    out = tmp_path / "model.gguf"
+    gguf.write_gguf(f16, allocation, out)
+    assert gguf.file_types(out) == allocation["ggml_types"]
+    assert out.stat().st_size == allocation["total_bytes"] <= allocation["budget_bytes"]
+    assert any(t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
+               for n, t in allocation["ggml_types"].items() if "_exps" in n)
+    got = gguf.llama_logits(out, TOKENS, threads=2)
+    assert np.isfinite(got).all() and got.std() > 0.1
+    if arch == "qwen3_moe":
+        ref = _dequantized_torch_logits(ckpt, allocation["ggml_types"], tmp_path / "dequantized", "QWEN3MOE")
+        assert np.abs(got - ref).max() < 0.1 * ref.std()
