@@ -21,7 +21,9 @@ every tensor's data padded to the alignment. The header of the final file is the
 plus the keys llama.cpp's quantizer adds, so the whole file size is known before it is written.
 """
 
+import collections
 import ctypes
+import functools
 import json
 import math
 import os
@@ -327,6 +329,27 @@ def allocate_gguf(units, header, budget, solver="exact", sqnr_floor_db=alloc.SQN
 # ---------------------------------------------------------------------------------------------
 # Writing: llama.cpp's quantizer with one override per tensor
 
+# llama.cpp's last log lines: kept quiet, and quoted when a call fails.
+_LLAMA_LOG = collections.deque(maxlen=64)
+
+
+@functools.cache
+def _quiet_llama():
+    """Route llama.cpp's log into _LLAMA_LOG (llama-cpp-python prints all of it to stderr)."""
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        _LLAMA_LOG.append(text.decode("utf-8", errors="replace").strip())
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    return collect  # cached, so the callback outlives every call into llama.cpp
+
+
+def _llama_reason():
+    """The last error-looking line of llama.cpp's log."""
+    return next((l for l in reversed(_LLAMA_LOG) if "fail" in l or "error" in l), "see llama.cpp's log")
+
 
 def quantize_file(source, out, types, threads=None, ftype=_REQUEST_FTYPE):
     """Run llama.cpp's `llama_model_quantize` on `source` (a GGUF) into `out`.
@@ -334,12 +357,9 @@ def quantize_file(source, out, types, threads=None, ftype=_REQUEST_FTYPE):
     `types` maps exact tensor names to ggml type names (tensors llama.cpp does not quantize are
     copied whatever is asked); None applies `ftype`'s own mix (llama.cpp's presets).
     """
-    import logging
-
     import llama_cpp
 
-    # llama-cpp-python prints every line of llama.cpp's log unless its logger is raised.
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    _quiet_llama()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or (os.cpu_count() or 1)
@@ -355,7 +375,7 @@ def quantize_file(source, out, types, threads=None, ftype=_REQUEST_FTYPE):
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
     if code != 0:
-        raise GGUFError(f"llama.cpp's quantizer failed on {source} (return code {code})")
+        raise GGUFError(f"llama.cpp's quantizer failed on {source}: {_llama_reason()}")
     return out
 
 
@@ -484,12 +504,10 @@ def llama_logits(path, tokens, threads=None):
     --no-repack does: on a machine that reports AMX (this project's CI), they crash on the types
     they handle (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS); plain buffers compute the same model.
     """
-    import logging
-
     import llama_cpp
 
     read_gguf(path)  # a damaged file is a one-line error, not a crash inside llama.cpp
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    _quiet_llama()
     low = llama_cpp.llama_cpp
     default = low.llama_model_default_params
 
@@ -503,7 +521,7 @@ def llama_logits(path, tokens, threads=None):
         llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(16, len(tokens)), n_batch=max(16, len(tokens)),
                               n_threads=threads or (os.cpu_count() or 1), verbose=False)
     except ValueError as e:
-        raise GGUFError(f"{path}: llama.cpp cannot load it ({e})") from None
+        raise GGUFError(f"{path}: llama.cpp cannot load it ({_llama_reason()})") from None
     finally:
         low.llama_model_default_params = default
     try:

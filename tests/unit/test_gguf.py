@@ -3,10 +3,10 @@ exported files against llama.cpp itself (types, bytes, logits) and against the R
 
 The main test model is a tiny Mixtral (llama.cpp's converter takes its SentencePiece tokenizer as it
 is): hidden 256 so k-quants apply, expert width 512, and a second one of width 352 where the down
-projection's rows fit only the 32-blocks (llama.cpp's fallback rule). Qwen2-MoE, Qwen3-MoE and Llama-4
-models carry a tiny BPE tokenizer, whose pre-tokenizer llama.cpp's converter cannot recognize by its
-hash (released checkpoints' tokenizers it does): for them the converter runs with that one check
-answered "default", which changes how text is split into tokens and nothing else.
+projection's rows fit only the 32-blocks (llama.cpp's fallback rule). Qwen2-MoE, Qwen3-MoE, Llama-4,
+OLMoE and DeepSeek-V3 models carry a tiny BPE tokenizer, whose pre-tokenizer llama.cpp's converter
+cannot recognize by its hash (released checkpoints' tokenizers it does): for them the converter runs
+with that one check answered "default", which changes how text is split into tokens and nothing else.
 """
 
 import json
@@ -47,10 +47,33 @@ def _mixtral(folder, intermediate):
     return write_tiny_tokenizer(path)
 
 
+def _tiny_checkpoint(arch, folder):
+    """A tiny `arch` checkpoint: mint.testing's four layouts, or OLMoE / DeepSeek-V3 (first layer
+    dense, a shared expert, MLA attention) from their transformers classes."""
+    if arch in ("qwen2_moe", "qwen3_moe", "llama4"):
+        return make_tiny_checkpoint(arch, folder, hidden=256, intermediate=512, num_experts=4, vocab=300)
+    import transformers
+
+    from mint.testing import randomize
+
+    common = dict(vocab_size=300, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                  tie_word_embeddings=False, max_position_embeddings=512, intermediate_size=512)
+    if arch == "olmoe":
+        cfg, cls = transformers.OlmoeConfig(num_experts=4, num_experts_per_tok=2, **common), transformers.OlmoeForCausalLM
+    else:
+        cfg = transformers.DeepseekV3Config(moe_intermediate_size=512, n_routed_experts=4, n_shared_experts=1,
+                                            num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1,
+                                            q_lora_rank=128, kv_lora_rank=256, qk_nope_head_dim=64,
+                                            qk_rope_head_dim=64, v_head_dim=64, **common)
+        cls = transformers.DeepseekV3ForCausalLM
+    torch.manual_seed(0)
+    randomize(cls(cfg), arch).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
 def _convert_with_bpe(arch, folder):
     """A tiny `arch` checkpoint with a BPE tokenizer and its 16-bit GGUF."""
-    ckpt = write_tiny_bpe_tokenizer(make_tiny_checkpoint(arch, folder / "hf", hidden=256, intermediate=512,
-                                                         num_experts=4, vocab=300), vocab=290)
+    ckpt = write_tiny_bpe_tokenizer(_tiny_checkpoint(arch, folder / "hf"), vocab=290)
     out = folder / "model-16bit.gguf"
     d = str(gguf.llama_cpp_dir())
     argv = ["convert_hf_to_gguf.py", str(ckpt), "--outfile", str(out), "--outtype", gguf.outtype(ckpt)]
@@ -285,7 +308,7 @@ def test_mint_convert_gguf_reuses_its_measurement(exported, tmp_path, capsys):
     assert not list((tmp_path / "work").rglob("*.gguf"))  # no full-size copy is left behind
 
 
-@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "llama4"])
+@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "llama4", "olmoe", "deepseek_v3"])
 def test_bpe_architectures_export_exactly_and_run(arch, tmp_path):
     ckpt, f16 = _convert_with_bpe(arch, tmp_path)
     units, _, _, header = gguf.measure_gguf(f16, progress=False)
