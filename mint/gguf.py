@@ -95,7 +95,7 @@ def check_architecture(checkpoint):
     folder = str(llama_cpp_dir())
     import_gguf()
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)  # last: its `conversion` package must not shadow anything
     from conversion import TEXT_MODEL_MAP
 
     if arch not in TEXT_MODEL_MAP:
