@@ -529,3 +529,38 @@ def llama_logits(path, tokens, threads=None):
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
     finally:
         llm.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp's own mixes, for comparisons at equal bytes
+
+# llama_ftype values of llama.cpp's presets (include/llama.h).
+PRESET_FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+
+
+def preset_objective(units, types, priors=None):
+    """The allocator's objective (sum of prior x NRMSE) of a {tensor: ggml type} mix, measured on
+    `units`: how a llama.cpp preset scores on what MINT minimises. KeyError for a type not measured."""
+    options = alloc.candidate_options(units, sqnr_floor_db=0, priors=priors).set_index(["unit", "ggml_type"])
+    return float(sum(options.loc[(name, t), "cost"] for name, t in types.items()))
+
+
+def compare_presets(f16, units, header, out_dir, presets=tuple(PRESET_FTYPES), sqnr_floor_db=0.0, threads=None):
+    """For each llama.cpp preset: its file (the library call with that ftype, no importance matrix),
+    then MINT-GGUF at exactly that file's bytes. Returns one row per preset (bytes, objectives, types).
+
+    The default floor is 0 so that both solve the same problem: with the floor, a preset's mix may
+    not be a feasible point of MINT's knapsack.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for preset in presets:
+        preset_file = quantize_file(f16, out_dir / f"{preset}.gguf", None, threads, ftype=PRESET_FTYPES[preset])
+        preset_bytes = Path(preset_file).stat().st_size
+        allocation = allocate_gguf(units, header, preset_bytes, sqnr_floor_db=sqnr_floor_db)
+        mint_bytes = write_gguf(f16, allocation, out_dir / f"mint-{preset}.gguf", overwrite=True, threads=threads)
+        rows.append(dict(preset=preset, preset_bytes=preset_bytes, mint_bytes=mint_bytes,
+                         preset_objective=preset_objective(units, file_types(preset_file)),
+                         mint_objective=allocation["objective"], mint_types=describe_types(allocation)))
+    return pd.DataFrame(rows)

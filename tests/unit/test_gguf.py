@@ -324,3 +324,16 @@ def test_bpe_architectures_export_exactly_and_run(arch, tmp_path):
     if arch == "qwen3_moe":
         ref = _dequantized_torch_logits(ckpt, allocation["ggml_types"], tmp_path / "dequantized", "QWEN3MOE")
         assert np.abs(got - ref).max() < 0.1 * ref.std()
+
+
+def test_mint_at_a_presets_bytes_scores_no_worse_than_the_preset(exported, tmp_path):
+    """llama.cpp's own Q4_K_M and Q3_K_M files, and MINT-GGUF at exactly their bytes: never larger,
+    and (exact solver, same measured curves, no floor) never a worse objective than the preset's mix,
+    which is one feasible point of the same knapsack."""
+    rows = gguf.compare_presets(exported["f16"], exported["units"], exported["header"], tmp_path,
+                                presets=("Q3_K_M", "Q4_K_M"), threads=2)
+    for r in rows.itertuples():
+        assert r.mint_bytes <= r.preset_bytes
+        assert r.mint_objective <= r.preset_objective * (1 + 1e-9)
+    q4 = gguf.file_types(tmp_path / "Q4_K_M.gguf")
+    assert "Q4_K" in q4.values()  # the preset really is llama.cpp's mix, not an override
