@@ -497,8 +497,8 @@ def describe_types(allocation):
 # Reading a file back through llama.cpp
 
 
-def llama_logits(path, tokens, threads=None):
-    """llama.cpp's logits [len(tokens), vocab] (float32) for `tokens` run through the GGUF at `path`.
+def open_llama(path, n_ctx, threads=None):
+    """llama.cpp's model and context for the GGUF at `path`, every position's logits kept.
 
     The CPU backend's extra buffer types (repacked / AMX weights) are turned off, as llama-server's
     --no-repack does: on a machine that reports AMX (this project's CI), they crash on the types
@@ -518,17 +518,74 @@ def llama_logits(path, tokens, threads=None):
 
     low.llama_model_default_params = params
     try:
-        llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(16, len(tokens)), n_batch=max(16, len(tokens)),
-                              n_threads=threads or (os.cpu_count() or 1), verbose=False)
-    except ValueError as e:
+        return llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(16, n_ctx), n_batch=max(16, n_ctx),
+                               n_threads=threads or (os.cpu_count() or 1), verbose=False)
+    except ValueError:
         raise GGUFError(f"{path}: llama.cpp cannot load it ({_llama_reason()})") from None
     finally:
         low.llama_model_default_params = default
+
+
+def window_logits(llm, tokens):
+    """float32 logits [len(tokens), vocab] of one window, from an empty cache."""
+    llm.reset()
+    llm.eval(list(map(int, tokens)))
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+def llama_logits(path, tokens, threads=None):
+    """llama.cpp's logits [len(tokens), vocab] for `tokens` run through the GGUF at `path`."""
+    llm = open_llama(path, len(tokens), threads)
     try:
-        llm.eval(list(tokens))
-        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+        return window_logits(llm, tokens)
     finally:
         llm.close()
+
+
+def evaluate_gguf(path, tokenizer_dir, reference=None, seq_len=512, windows=None, text="wikitext2-test",
+                  seed=42, threads=None, progress=True):
+    """METHOD.md §5 on a GGUF file, with llama.cpp's own logits: the same windows as `mint evaluate`
+    (tokenized by the source checkpoint's tokenizer), and against a `reference` GGUF (the 16-bit
+    conversion) the KLD and the paired comparison. Returns a JSON-ready dict plus "windows"."""
+    from transformers import AutoTokenizer
+
+    from mint import data
+    from mint.evaluate import make_windows, paired_comparison, summarize
+
+    model = open_llama(path, seq_len, threads)
+    ref = open_llama(reference, seq_len, threads) if reference else None
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer(data.load_eval_text(text), add_special_tokens=False)["input_ids"]
+    x, index, total = make_windows(ids, seq_len, windows, seed)
+    n = len(x)
+    scores = {"nll_sum": np.zeros(n), "n_tokens": np.full(n, seq_len - 1, dtype=np.int64)}
+    if ref is not None:
+        scores.update(ref_nll_sum=np.zeros(n), kld_sum=np.zeros(n), top1_agree=np.zeros(n, dtype=np.int64))
+    for i in tqdm(range(n), desc="windows (llama.cpp)", disable=not progress, mininterval=5):
+        target = x[i, 1:]
+        logp = torch.log_softmax(torch.from_numpy(window_logits(model, x[i].tolist()))[:-1].double(), -1)
+        scores["nll_sum"][i] = -logp.gather(1, target[:, None]).sum().item()
+        if ref is not None:
+            ref_logp = torch.log_softmax(torch.from_numpy(window_logits(ref, x[i].tolist()))[:-1].double(), -1)
+            scores["ref_nll_sum"][i] = -ref_logp.gather(1, target[:, None]).sum().item()
+            scores["kld_sum"][i] = (ref_logp.exp() * (ref_logp - logp)).sum().item()
+            scores["top1_agree"][i] = (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
+    model.close()
+    per_window = {"window_index": index, "window_start": index * seq_len, **scores}
+    size = Path(path).stat().st_size
+    result = {"gguf": str(path), "reference_gguf": str(reference) if reference else None, "text": text,
+              "seq_len": seq_len, "seed": seed, "text_tokens": len(ids), "windows_available": int(total),
+              **summarize(scores["nll_sum"], scores["n_tokens"]),
+              "weights_size_bytes": size, "weights_size_gib": size / 1024**3}
+    if ref is not None:
+        ref.close()
+        n_tok = scores["n_tokens"].sum()
+        result["kld_mean"] = float(scores["kld_sum"].sum() / n_tok)
+        result["top1_agree"] = float(scores["top1_agree"].sum() / n_tok)
+        result["reference"] = summarize(scores["ref_nll_sum"], scores["n_tokens"])
+        result["paired"] = paired_comparison({**per_window, "nll_sum": scores["ref_nll_sum"]}, per_window)
+    result["windows"] = per_window
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -337,3 +337,38 @@ def test_mint_at_a_presets_bytes_scores_no_worse_than_the_preset(exported, tmp_p
         assert r.mint_objective <= r.preset_objective * (1 + 1e-9)
     q4 = gguf.file_types(tmp_path / "Q4_K_M.gguf")
     assert "Q4_K" in q4.values()  # the preset really is llama.cpp's mix, not an override
+
+
+def test_mint_evaluate_gguf_uses_llama_cpp_logits(exported, tmp_path, capsys):
+    from mint import evaluate
+
+    out = tmp_path / "eval.json"
+    args = ["--model", str(exported["ckpt"]), "--gguf", str(exported["out"]), "--reference-gguf",
+            str(exported["f16"]), "--windows", "2", "--seq-len", "32", "--out", str(out)]
+    assert evaluate.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["n_windows"] == 2 and result["weights_size_bytes"] == exported["out"].stat().st_size
+    assert result["kld_mean"] > 0 and 0 <= result["top1_agree"] <= 1
+    # the windows' NLL is llama.cpp's: recompute the first window by hand
+    windows = np.load(out.with_suffix(".windows.npz"))
+    from transformers import AutoTokenizer
+
+    from mint import data
+    from mint.evaluate import make_windows
+
+    ids = AutoTokenizer.from_pretrained(exported["ckpt"])(data.load_eval_text("wikitext2-test"),
+                                                          add_special_tokens=False)["input_ids"]
+    x = make_windows(ids, 32, 2, 42)[0][0].numpy()
+    logits = gguf.llama_logits(exported["out"], x.tolist(), threads=2)[:-1].astype(np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    assert windows["nll_sum"][0] == pytest.approx(-logp[np.arange(31), x[1:]].sum(), rel=1e-4)
+
+
+def test_mint_evaluate_rejects_a_corrupt_gguf_in_one_line(exported, tmp_path, capsys):
+    from mint import evaluate
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(exported["out"].read_bytes()[:3000])
+    assert evaluate.main(["--model", str(exported["ckpt"]), "--gguf", str(bad), "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable GGUF" in err
