@@ -17,6 +17,7 @@ COMMANDS = {
     "importance": ("mint.importance", "data-free output weights per unit (random probes through each block)"),
     "allocate": ("mint.allocate", "choose (bits, group) per unit to fit a memory budget (knapsack)"),
     "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder), or the GGUF file, for an allocation"),
+    "gguf-compare": ("mint.gguf_compare", "llama.cpp's preset mixes against MINT-GGUF at equal bytes (llama.cpp's logits)"),
     "baseline": ("mint.baseline", "matched-size baselines (uniform RTN) written as allocations"),
     "train-reference": ("mint.reference", "train a small reference MoE model from the vendored text"),
     "evaluate": ("mint.evaluate", "perplexity, KLD and paired comparisons on WikiText-2"),

@@ -111,13 +111,30 @@ def outtype(checkpoint):
     return "f16" if dtype == "float16" else "bf16"
 
 
-def convert_to_gguf(checkpoint, out_path, progress=True):
-    """Run llama.cpp's converter: `checkpoint` -> a 16-bit GGUF at `out_path` (full size)."""
+# Runs the converter with its pre-tokenizer detection answered by the user (see convert_to_gguf).
+_CONVERT_WITH_PRETOKENIZER = (
+    "import sys, runpy; sys.path[:0] = [{d!r}, {d!r} + '/gguf-py']; import conversion.base as b; "
+    "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}; sys.argv = {argv!r}; "
+    "runpy.run_path({d!r} + '/convert_hf_to_gguf.py', run_name='__main__')")
+
+
+def convert_to_gguf(checkpoint, out_path, progress=True, pretokenizer=None):
+    """Run llama.cpp's converter: `checkpoint` -> a 16-bit GGUF at `out_path` (full size).
+
+    llama.cpp names a BPE tokenizer's pre-tokenizer (tokenizer.ggml.pre) by the hash of its output on
+    a fixed text, and stops on a tokenizer it has not seen. `pretokenizer` (e.g. "gpt-2" for a
+    byte-level BPE with GPT-2's split, as the reference models' tokenizer) names it instead; it
+    decides how llama.cpp splits text, not the weights.
+    """
     check_architecture(checkpoint)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(llama_cpp_dir() / "convert_hf_to_gguf.py"), str(checkpoint),
-           "--outfile", str(out_path), "--outtype", outtype(checkpoint)]
+    argv = [str(llama_cpp_dir() / "convert_hf_to_gguf.py"), str(checkpoint),
+            "--outfile", str(out_path), "--outtype", outtype(checkpoint)]
+    cmd = [sys.executable, *argv]
+    if pretokenizer:
+        cmd = [sys.executable, "-c",
+               _CONVERT_WITH_PRETOKENIZER.format(d=str(llama_cpp_dir()), pre=pretokenizer, argv=argv)]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

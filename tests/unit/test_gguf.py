@@ -5,8 +5,8 @@ The main test model is a tiny Mixtral (llama.cpp's converter takes its SentenceP
 is): hidden 256 so k-quants apply, expert width 512, and a second one of width 352 where the down
 projection's rows fit only the 32-blocks (llama.cpp's fallback rule). Qwen2-MoE, Qwen3-MoE, Llama-4,
 OLMoE and DeepSeek-V3 models carry a tiny BPE tokenizer, whose pre-tokenizer llama.cpp's converter
-cannot recognize by its hash (released checkpoints' tokenizers it does): for them the converter runs
-with that one check answered "default", which changes how text is split into tokens and nothing else.
+cannot recognize by its hash (released checkpoints' tokenizers it does): for them the converter is told its name ("gpt-2",
+`convert_to_gguf(pretokenizer=...)`), which decides how text is split into tokens and nothing else.
 """
 
 import json
@@ -34,12 +34,6 @@ TOKENS = [1, 5, 17, 33, 60, 100, 7, 200, 42, 3, 250, 9, 77, 128, 31, 64]
 def _matrix(rows=8, cols=512, seed=0):
     # Heavy-ish tails, so that codecs with different clipping behaviour really differ.
     return np.random.default_rng(seed).standard_t(5, size=(rows, cols)).astype(np.float32) * 0.02
-
-
-# The converter, with its pre-tokenizer check answered (see the module docstring).
-_CONVERT_ANY_BPE = ("import sys, runpy; sys.path[:0] = [{d!r}, {d!r} + '/gguf-py']; import conversion.base as b; "
-                    "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'default'; sys.argv = {argv!r}; "
-                    "runpy.run_path({d!r} + '/convert_hf_to_gguf.py', run_name='__main__')")
 
 
 def _mixtral(folder, intermediate):
@@ -74,11 +68,8 @@ def _tiny_checkpoint(arch, folder):
 def _convert_with_bpe(arch, folder):
     """A tiny `arch` checkpoint with a BPE tokenizer and its 16-bit GGUF."""
     ckpt = write_tiny_bpe_tokenizer(_tiny_checkpoint(arch, folder / "hf"), vocab=290)
-    out = folder / "model-16bit.gguf"
-    d = str(gguf.llama_cpp_dir())
-    argv = ["convert_hf_to_gguf.py", str(ckpt), "--outfile", str(out), "--outtype", gguf.outtype(ckpt)]
-    subprocess.run([sys.executable, "-c", _CONVERT_ANY_BPE.format(d=d, argv=argv)], check=True, capture_output=True)
-    return ckpt, out
+    # byte-level BPE with GPT-2's split: llama.cpp's "gpt-2" pre-tokenizer
+    return ckpt, gguf.convert_to_gguf(ckpt, folder / "model-16bit.gguf", progress=False, pretokenizer="gpt-2")
 
 
 @pytest.fixture(scope="module")
@@ -372,3 +363,21 @@ def test_mint_evaluate_rejects_a_corrupt_gguf_in_one_line(exported, tmp_path, ca
     assert evaluate.main(["--model", str(exported["ckpt"]), "--gguf", str(bad), "--out", str(tmp_path / "e.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a readable GGUF" in err
+
+
+def test_gguf_compare_table(tmp_path):
+    """`mint gguf-compare`: a preset and MINT-GGUF at its bytes, both scored by llama.cpp; the BPE
+    tokenizer's pre-tokenizer is named on the command line."""
+    from mint import gguf_compare
+
+    ckpt = write_tiny_bpe_tokenizer(_tiny_checkpoint("qwen3_moe", tmp_path / "hf"), vocab=290)
+    out = tmp_path / "compare.csv"
+    assert gguf_compare.main(["--checkpoint", str(ckpt), "--out", str(out), "--presets", "Q4_K_M", "--windows", "2",
+                              "--seq-len", "32", "--pretokenizer", "gpt-2", "--threads", "2"]) == 0
+    import pandas as pd
+
+    row = pd.read_csv(out).iloc[0]
+    assert row["preset"] == "Q4_K_M" and row["bytes_mint"] <= row["bytes_preset"]
+    assert row["kld_preset"] > 0 and row["kld_mint"] > 0 and row["n_windows"] == 2
+    assert row["objective_mint"] <= row["objective_preset"] * (1 + 1e-9)
+    assert not list(tmp_path.glob("tmp*"))  # the files are gone, the numbers stay
