@@ -144,7 +144,7 @@ def run_line(fmt, out):
     return f"mlx_lm.generate --model {out} --prompt 'Hello'"
 
 
-def convert_gguf(path, budget, out, preset, work=None, overwrite=False, progress=True):
+def convert_gguf(path, budget, out, preset, work=None, overwrite=False, progress=True, pretokenizer=None):
     """The GGUF branch of `convert` (mint/gguf.py): measured in ggml's types on llama.cpp's own
     16-bit conversion, cached beside the MLX analyses under another key. Returns a summary dict."""
     from mint import gguf
@@ -153,7 +153,8 @@ def convert_gguf(path, budget, out, preset, work=None, overwrite=False, progress
     # ggml's quantizers have no clip search: of the preset, the solver and floors apply.
     gguf.check_architecture(path)
     folder, _ = work_folder(path, "gguf", work)
-    allocation, reused = gguf.convert_gguf(path, budget, out, PRESETS[preset], folder, overwrite, progress)
+    allocation, reused = gguf.convert_gguf(path, budget, out, PRESETS[preset], folder, overwrite, progress,
+                                           pretokenizer=pretokenizer)
     return {
         "source": str(path), "out": str(out), "format": "gguf", "preset": preset, "work": str(folder),
         "analysis_reused": reused, "budget": str(budget), "budget_bytes": allocation["budget_bytes"],
@@ -164,13 +165,14 @@ def convert_gguf(path, budget, out, preset, work=None, overwrite=False, progress
     }
 
 
-def convert(source, budget, out, fmt="mlx", faithful=False, work=None, overwrite=False, progress=True):
+def convert(source, budget, out, fmt="mlx", faithful=False, work=None, overwrite=False, progress=True,
+            pretokenizer=None):
     """Analyse (or reuse the analysis of) `source`, allocate `budget`, write `out`. Returns a summary dict."""
     started = time.perf_counter()
     path = resolve_source(source)
     preset = FAITHFUL_PRESET if faithful else DEFAULT_PRESET
     if fmt == "gguf":
-        return convert_gguf(path, budget, out, preset, work, overwrite, progress)
+        return convert_gguf(path, budget, out, preset, work, overwrite, progress, pretokenizer)
     units, folder, reused = prepare_units(path, PRESETS[preset]["clip"], work, progress)
     allocation = allocate_preset(units, budget, preset)
     alloc.write_allocation(allocation, folder / "allocations" / f"{preset}-{allocation['budget_bytes']}.json",
@@ -220,6 +222,8 @@ def main(argv=None):
                    help="the published method (greedy, plain rounding, 9 dB floor) instead of the default preset")
     p.add_argument("--work", help="work folder for the cached analysis (default $MINT_CACHE or ~/.cache/mint)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--pretokenizer", help="gguf: llama.cpp's name of a BPE pre-tokenizer its converter cannot "
+                                          "detect by hash (e.g. gpt-2); it decides how llama.cpp splits text")
     args = p.parse_args(argv)
     try:
         summary = convert(**vars(args))

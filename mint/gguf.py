@@ -439,7 +439,7 @@ def write_gguf(source, allocation, out, overwrite=False, threads=None):
     return size
 
 
-def quantize_checkpoint(checkpoint, allocation, out, overwrite=False, progress=True):
+def quantize_checkpoint(checkpoint, allocation, out, overwrite=False, progress=True, pretokenizer=None):
     """`mint quantize --format gguf`: convert `checkpoint` (a temporary 16-bit GGUF beside `out`) and
     write it with a GGUF allocation's types. Returns the bytes written (= the allocation's)."""
     out = Path(out)
@@ -450,7 +450,7 @@ def quantize_checkpoint(checkpoint, allocation, out, overwrite=False, progress=T
                         "`mint convert --format gguf`")
     temp = out.with_name(out.name + ".16bit.tmp")
     try:
-        convert_to_gguf(checkpoint, temp, progress)
+        convert_to_gguf(checkpoint, temp, progress, pretokenizer)
         reader = read_gguf(temp)
         same = {t.name for t in reader.tensors} == set(allocation["ggml_types"])
         if not same or header_bytes(reader) != allocation["header_bytes"]:
@@ -465,7 +465,8 @@ def quantize_checkpoint(checkpoint, allocation, out, overwrite=False, progress=T
 # One command
 
 
-def convert_gguf(path, budget, out, preset, work_folder, overwrite=False, progress=True, threads=None):
+def convert_gguf(path, budget, out, preset, work_folder, overwrite=False, progress=True, threads=None,
+                 pretokenizer=None):
     """Checkpoint folder -> GGUF file of `budget`. The measurement is cached in `work_folder`.
 
     Returns (allocation, reused): `reused` tells whether the measurement was found in the cache.
@@ -486,7 +487,7 @@ def convert_gguf(path, budget, out, preset, work_folder, overwrite=False, progre
     # With a cached measurement, a budget that cannot be met fails before any conversion.
     allocation = plan(alloc.load_units(units_file), json.loads(meta_file.read_text())["header_bytes"]) if reused else None
     try:
-        convert_to_gguf(path, temp, progress)
+        convert_to_gguf(path, temp, progress, pretokenizer)
         if not reused:
             units, rd, clusters, header = measure_gguf(temp, progress=progress)
             write_parquet(rd, work_folder / "experts.parquet")
