@@ -25,10 +25,8 @@ import collections
 import ctypes
 import functools
 import json
-import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
