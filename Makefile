@@ -9,7 +9,7 @@ CORES  ?= 8
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: venv tables study test dry-run clean-results
+.PHONY: venv tables study test dry-run clean-results llama-cpp
 
 $(BIN)/mint: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,27 @@ $(BIN)/mint: pyproject.toml
 
 venv: $(BIN)/mint
 
-tables: venv gptq-env
+# llama.cpp's converter (convert_hf_to_gguf.py, conversion/) and its gguf-py, for `--format gguf`: taken
+# from the source package of the pinned llama-cpp-python, so they are the llama.cpp the compiled library
+# was built from (the registry's `gguf` wheel is another version). Not committed (the project copies no
+# code): extracted into the ignored resources/ folder, where mint/gguf.py looks for them.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPP_DIR    := resources/llama.cpp
+LLAMA_CPP_SDIST  := resources/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
+
+$(LLAMA_CPP_DIR)/convert_hf_to_gguf.py: | $(BIN)/mint
+	mkdir -p resources/sdist $(LLAMA_CPP_DIR)
+	test -f $(LLAMA_CPP_SDIST) || $(BIN)/pip download --quiet --no-deps --no-binary :all: \
+		"llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d resources/sdist
+	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_DIR) --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/gguf-py
+	touch $@
+
+llama-cpp: $(LLAMA_CPP_DIR)/convert_hf_to_gguf.py
+
+tables: venv gptq-env llama-cpp
 	$(BIN)/snakemake --cores $(CORES) results/tables
 
 # The default tables plus the variant study (config/study.yaml), about 70 minutes more on 2 cores.
@@ -33,7 +53,7 @@ dry-run: venv
 	$(BIN)/snakemake -n results/tables
 
 # The GPTQ environment is built too, so that the GPTQ-vs-RTN tests run rather than skip.
-test: venv gptq-env
+test: venv gptq-env llama-cpp
 	$(BIN)/python -m pytest
 
 clean-results:

@@ -18,6 +18,7 @@ include: "workflow/rules/allocate.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/gguf.smk"
 
 
 rule all:

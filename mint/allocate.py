@@ -6,6 +6,11 @@ The input is the table of rate-distortion curves written by `mint analyze`: one 
 with columns unit, role, layer, n_params, bits, group_size, bytes, nrmse, sqnr_db (16-bit is bits=16,
 group_size=0, nrmse=0, sqnr_db=100, and every unit has it).
 
+Two formats share this allocator. MLX options are (bits, group_size). GGUF options carry a
+`ggml_type` column (mint/ggml.py) that names the option; `bits` is then the type's nominal width and
+every float type (F16, BF16, and F32 where llama.cpp keeps a tensor in F32, bits=32) is an
+unquantized option: "16-bit" below means bits >= 16.
+
 Before solving, two rules of §4 shape the options of each unit:
   - soft priors pi (embedding and head 10, router 8, first layer 3, last layer 2, otherwise 1; norms
     are infinite, i.e. always 16-bit), see `unit_priors`;
@@ -94,6 +99,20 @@ class UnitsError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
+# Formats: how an option is named
+
+
+def config_columns(table):
+    """The columns that name an option: (bits, group_size) for MLX, plus ggml_type for GGUF."""
+    return ["bits", "group_size", "ggml_type"] if "ggml_type" in table.columns else ["bits", "group_size"]
+
+
+def unquantized(bits):
+    """Mask of the options that store weights as they are (16-bit; F32 in GGUF files)."""
+    return np.asarray(bits) >= 16
+
+
+# ---------------------------------------------------------------------------------------------
 # Priors, veto, sizes
 
 
@@ -150,18 +169,21 @@ def check_units(units):
     bad_roles = sorted(map(str, set(units["role"].unique()) - set(ROLES)))
     if bad_roles:
         raise UnitsError(f"unknown roles {bad_roles}; known: {list(ROLES)}")
-    configs = set(zip(units["bits"], units["group_size"])) - {(b, g) for b in BITS for g in GROUP_SIZES} - {(16, 0)}
+    if "ggml_type" in units.columns:
+        from mint.ggml import TYPE_IDS  # the GGUF menu (no ggml library needed to name types)
+        configs = set(units["ggml_type"]) - set(TYPE_IDS)
+    else:
+        configs = set(zip(units["bits"], units["group_size"])) - {(b, g) for b in BITS for g in GROUP_SIZES} - {(16, 0)}
     if configs:
-        raise UnitsError(f"unknown (bits, group_size) configs {sorted(configs)[:3]}")
+        raise UnitsError(f"unknown configs {sorted(map(str, configs))[:3]}")
     if not (units["n_params"] > 0).all():
         raise UnitsError("n_params must be > 0")
     codes, first = unit_codes(units)
-    config = pd.DataFrame({"unit": codes, "bits": units["bits"].to_numpy(),
-                           "group_size": units["group_size"].to_numpy()})
+    config = units[config_columns(units)].assign(unit=codes)
     if config.duplicated().any():
-        raise UnitsError("units table has duplicate (unit, bits, group_size) rows")
+        raise UnitsError(f"units table has duplicate (unit, {', '.join(config_columns(units))}) rows")
     has16 = np.zeros(len(first), bool)
-    has16[codes[units["bits"].to_numpy() == 16]] = True
+    has16[codes[unquantized(units["bits"])]] = True
     if not has16.all():
         raise UnitsError(f"{(~has16).sum()} units lack a 16-bit row, e.g. "
                          f"{units['unit'].iloc[first[~has16][0]]!r}")
@@ -181,7 +203,7 @@ def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrm
 
     Dropped: options with sqnr_db < sqnr_floor_db (the safety veto; 0 disables it), every
     quantized option of a unit with an infinite prior (norms), and, with a `menu` (a set of
-    (bits, group_size)), every quantized option outside it. 16-bit rows always stay, so every unit
+    (bits, group_size), or of ggml type names for GGUF), every quantized option outside it. 16-bit rows always stay, so every unit
     keeps at least one option.
     """
     if loss not in LOSSES:
@@ -190,17 +212,21 @@ def candidate_options(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None, loss="nrm
     prior = unit_priors(units, priors).to_numpy()[codes]
     pinned = ~np.isfinite(prior)
     bits = units["bits"].to_numpy()
-    keep = (bits == 16) | ((units["sqnr_db"].to_numpy() >= sqnr_floor_db) & ~pinned)
+    full = unquantized(bits)
+    keep = full | ((units["sqnr_db"].to_numpy() >= sqnr_floor_db) & ~pinned)
     if menu is not None:
-        offered = pd.MultiIndex.from_arrays([bits, units["group_size"].to_numpy()]).isin(list(menu))
-        keep &= (bits == 16) | offered
+        if "ggml_type" in units.columns:
+            offered = units["ggml_type"].isin(list(menu)).to_numpy()
+        else:
+            offered = pd.MultiIndex.from_arrays([bits, units["group_size"].to_numpy()]).isin(list(menu))
+        keep &= full | offered
     nrmse = units["nrmse"].to_numpy(float)
     distortion = nrmse if loss == "nrmse" else nrmse**2
     if loss == "output":
         if rho is None:
             raise UnitsError("loss 'output' needs the output weights of `mint importance` (--importance)")
         weight = units["unit"].map(rho)
-        missing = units.loc[weight.isna() & (bits != 16), "unit"].unique()
+        missing = units.loc[weight.isna() & ~full, "unit"].unique()
         if len(missing):
             raise UnitsError(f"no output weight for {len(missing)} units, e.g. {missing[0]!r}: "
                              "was the importance table made from this checkpoint?")
@@ -225,7 +251,7 @@ def config_menu(bits=None, group_sizes=None):
 
 def size16_bytes(units):
     """Bytes of the whole model left at 16 bits."""
-    return int(units.loc[units["bits"] == 16, "bytes"].sum())
+    return int(units.loc[unquantized(units["bits"]), "bytes"].sum())
 
 
 def min_safe_bytes(units, sqnr_floor_db=SQNR_FLOOR_DB, priors=None):
@@ -711,7 +737,7 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         # More room than the 16-bit model is the 16-bit model (and keeps "1e300GiB" printable).
         budget_bytes = size16
         bits = np.where(valid, options["bits"].to_numpy()[row], 0)
-        choice = (bits == 16).argmax(axis=1)
+        choice = unquantized(bits).argmax(axis=1)
         solved = dict(choice=choice, lp_bound=0.0, best_bound=0.0, status="optimal", free_units=0)
     elif solver == "greedy":
         solved = dict(choice=solve_greedy(cost, size, valid, budget_bytes), status="heuristic",
@@ -725,9 +751,9 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
 
     chosen = options.iloc[_picked(row, solved["choice"])].reset_index(drop=True)
     had_quantized = np.zeros(len(first), bool)
-    had_quantized[codes[units["bits"].to_numpy() != 16]] = True
+    had_quantized[codes[~unquantized(units["bits"])]] = True
     chosen["module"] = (chosen["role"] != "norm").to_numpy() & had_quantized
-    per_unit = chosen[["unit", "role", "layer", "n_params", "prior", "bits", "group_size", "bytes",
+    per_unit = chosen[["unit", "role", "layer", "n_params", "prior", *config_columns(chosen), "bytes",
                        "nrmse", "sqnr_db"]].astype({"prior": object})
     # JSON has no infinity: an infinite prior (always 16-bit) is written as null.
     per_unit.loc[~np.isfinite(chosen["prior"].to_numpy(float)), "prior"] = None
@@ -763,7 +789,9 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         "priors": {k: (v if math.isfinite(v) else None) for k, v in effective.items()},
         "bit_distribution": {str(int(b)): float(p / n_params) for b, p in params_at.items()},
         "units": per_unit.to_dict("records"),
-        "quantization": quantization_dict(chosen),
+        # What the exporter writes: mlx-lm's `quantization` dict, or a ggml type per GGUF tensor.
+        **({"format": "gguf", "ggml_types": dict(zip(chosen["unit"], chosen["ggml_type"]))}
+           if "ggml_type" in chosen.columns else {"quantization": quantization_dict(chosen)}),
     }
 
 

@@ -9,15 +9,16 @@ import sys
 
 # subcommand -> (module, one-line description)
 COMMANDS = {
-    "convert": ("mint.convert", "one command: a checkpoint (folder or hub id) to an MLX folder of a given size"),
+    "convert": ("mint.convert", "one command: a checkpoint (folder or hub id) to an MLX folder or GGUF file of a given size"),
     "plan": ("mint.plan", "what each budget buys (objective, bits mix, floor) before any weights are written"),
     "inspect": ("mint.inspect", "show a checkpoint's tensors, roles, units and sizes (or an allocation)"),
     "analyze": ("mint.analyze", "measure every tensor of a checkpoint: RD curves and features, per shard"),
     "experts": ("mint.experts", "cluster large expert stacks, measure representatives, aggregate units"),
     "importance": ("mint.importance", "data-free output weights per unit (random probes through each block)"),
     "allocate": ("mint.allocate", "choose (bits, group) per unit to fit a memory budget (knapsack)"),
-    "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder) for an allocation"),
     "verify": ("mint.verify", "load an export in its runtime and compare its logits with the dequantized twin"),
+    "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder), or the GGUF file, for an allocation"),
+    "gguf-compare": ("mint.gguf_compare", "llama.cpp's preset mixes against MINT-GGUF at equal bytes (llama.cpp's logits)"),
     "baseline": ("mint.baseline", "matched-size baselines (uniform RTN) written as allocations"),
     "train-reference": ("mint.reference", "train a small reference MoE model from the vendored text"),
     "evaluate": ("mint.evaluate", "perplexity, KLD and paired comparisons on WikiText-2"),

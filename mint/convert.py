@@ -1,6 +1,7 @@
 """From a Hugging Face checkpoint to a quantized model of a given size in one command.
 
     mint convert Qwen/Qwen3-30B-A3B --budget 16GiB --out qwen3-16g-mlx
+    mint convert path/to/hf-model --budget 16GiB --out model.gguf --format gguf   # for llama.cpp
     mint plan path/to/hf-model                 # what each budget buys, before writing any weights
 
 `convert` runs the stages of the pipeline in a row (analyze, experts, allocate, export). The analysis
@@ -143,11 +144,35 @@ def run_line(fmt, out):
     return f"mlx_lm.generate --model {out} --prompt 'Hello'"
 
 
-def convert(source, budget, out, fmt="mlx", faithful=False, work=None, overwrite=False, progress=True):
+def convert_gguf(path, budget, out, preset, work=None, overwrite=False, progress=True, pretokenizer=None):
+    """The GGUF branch of `convert` (mint/gguf.py): measured in ggml's types on llama.cpp's own
+    16-bit conversion, cached beside the MLX analyses under another key. Returns a summary dict."""
+    from mint import gguf
+
+    started = time.perf_counter()
+    # ggml's quantizers have no clip search: of the preset, the solver and floors apply.
+    gguf.check_architecture(path)
+    folder, _ = work_folder(path, "gguf", work)
+    allocation, reused = gguf.convert_gguf(path, budget, out, PRESETS[preset], folder, overwrite, progress,
+                                           pretokenizer=pretokenizer)
+    return {
+        "source": str(path), "out": str(out), "format": "gguf", "preset": preset, "work": str(folder),
+        "analysis_reused": reused, "budget": str(budget), "budget_bytes": allocation["budget_bytes"],
+        "written_bytes": allocation["total_bytes"], "bits_per_weight": allocation["avg_bits"],
+        "min_safe_bytes": allocation["min_safe_bytes"], "size16_bytes": allocation["size16_bytes"],
+        "sqnr_floor_db": allocation["sqnr_floor_db"], "mix": bits_mix(allocation),
+        "types": gguf.describe_types(allocation), "seconds": time.perf_counter() - started,
+    }
+
+
+def convert(source, budget, out, fmt="mlx", faithful=False, work=None, overwrite=False, progress=True,
+            pretokenizer=None):
     """Analyse (or reuse the analysis of) `source`, allocate `budget`, write `out`. Returns a summary dict."""
     started = time.perf_counter()
     path = resolve_source(source)
     preset = FAITHFUL_PRESET if faithful else DEFAULT_PRESET
+    if fmt == "gguf":
+        return convert_gguf(path, budget, out, preset, work, overwrite, progress, pretokenizer)
     if fmt == "mlx":
         from mint.export import check_mlx_support
 
@@ -162,10 +187,6 @@ def convert(source, budget, out, fmt="mlx", faithful=False, work=None, overwrite
 
         manifest = export(ckpt, allocation, out, overwrite=overwrite, progress=progress)
         written = manifest["written_bytes"]
-    elif fmt == "gguf":
-        from mint import gguf
-
-        written = gguf.export_allocation(ckpt, allocation, out, overwrite=overwrite)["written_bytes"]
     else:
         raise ConvertError(f"format must be mlx or gguf, got {fmt!r}")
     return {
@@ -187,6 +208,7 @@ def describe(summary):
         f"16-bit size {s['size16_bytes'] / GIB:.3f} GiB; smallest safe size (min-safe) "
         f"{s['min_safe_bytes'] / GIB:.3f} GiB",
         "bits by role: " + "; ".join(f"{role} {format_mix(mix)}" for role, mix in s["mix"].items()),
+        *([f"ggml types by parameters: {s['types']}"] if "types" in s else []),
         f"analysis {'reused from' if s['analysis_reused'] else 'written to'} {s['work']}; "
         f"{s['seconds']:.1f} s in all",
         f"run it: {run_line(s['format'], s['out'])}",
@@ -204,10 +226,12 @@ def main(argv=None):
                    help="the published method (greedy, plain rounding, 9 dB floor) instead of the default preset")
     p.add_argument("--work", help="work folder for the cached analysis (default $MINT_CACHE or ~/.cache/mint)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--pretokenizer", help="gguf: llama.cpp's name of a BPE pre-tokenizer its converter cannot "
+                                          "detect by hash (e.g. gpt-2); it decides how llama.cpp splits text")
     args = p.parse_args(argv)
     try:
         summary = convert(**vars(args))
-    except (ConvertError, CheckpointError, alloc.BudgetError, ValueError, OSError) as e:
+    except (ConvertError, CheckpointError, alloc.BudgetError, ValueError, OSError, RuntimeError) as e:
         print(f"mint convert: error: {e}", file=sys.stderr)
         return 2
     print(describe(summary))

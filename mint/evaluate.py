@@ -321,10 +321,34 @@ def lm_eval_perplexity(model_dir, max_length=None, limit=None, batch_size=1, dty
     return {name: float(metrics[f"{name},none"]) for name in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
 
 
+def _evaluate_gguf(args):
+    """`mint evaluate --gguf FILE --model SOURCE`: llama.cpp's logits on the same windows."""
+    from mint import gguf
+
+    try:
+        result = gguf.evaluate_gguf(args.gguf, args.model, args.reference_gguf, args.seq_len or 512, args.windows,
+                                    args.text, args.seed, args.threads)
+    except (gguf.GGUFError, EvalError, data.DataError, OSError) as e:
+        print(f"mint evaluate: error: {e}", file=sys.stderr)
+        return 2
+    save_result(result, args.out)
+    line = f"ppl {result['ppl_mean']:.3f} +- {result['ppl_mean_se']:.3f} on {result['n_windows']} windows (llama.cpp)"
+    if "kld_mean" in result:
+        p = result["paired"]
+        line += (f"; reference {result['reference']['ppl_mean']:.3f}, KLD {result['kld_mean']:.5f}, "
+                 f"dlog ppl {p['mean_diff_log_ppl']:+.5f} +- {p['se']:.5f}")
+    print(line)
+    return 0
+
+
 def main(argv=None):
     """`mint evaluate --model DIR --out result.json [--reference DIR] [--windows N] [--seq-len L]`."""
     parser = argparse.ArgumentParser(prog="mint evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="transformers folder (16-bit or dequantized)")
+    parser.add_argument("--model", required=True,
+                        help="transformers folder (16-bit or dequantized); with --gguf, the source checkpoint "
+                             "whose tokenizer makes the windows")
+    parser.add_argument("--gguf", help="evaluate this GGUF file with llama.cpp's own logits (mint/gguf.py)")
+    parser.add_argument("--reference-gguf", help="with --gguf: the 16-bit GGUF for KLD and the paired comparison")
     parser.add_argument("--out", required=True, help="result JSON; per-window arrays go beside it (.windows.npz)")
     parser.add_argument("--reference", help="16-bit model folder for KLD and the paired comparison")
     parser.add_argument("--windows", type=int, help="at most this many windows (seeded sample)")
@@ -339,6 +363,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.windows is not None and args.windows < 1:
         parser.error("--windows must be at least 1")
+    if args.gguf:
+        return _evaluate_gguf(args)
     try:
         result = evaluate(args.model, args.reference, args.seq_len, args.windows, args.batch_size, args.dtype,
                           args.text, args.seed, args.threads, progress=True)

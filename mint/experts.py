@@ -102,7 +102,9 @@ def aggregate_units(rd, aggregation="max"):
     clip = rd["clip"].fillna(False).astype(bool) if "clip" in rd else False
     rd = rd.assign(weighted=rd["nrmse"] * rd["n_params"], clip=clip)
     members = rd.groupby("unit", sort=False)["expert"].nunique().rename("n_members")
-    grouped = rd.groupby(["unit", "bits", "group_size"], sort=False)
+    # A GGUF option is named by its ggml type (Q4_0, Q4_1 and IQ4_NL are all 4-bit blocks of 32).
+    keys = ["unit", "bits", "group_size", *(["ggml_type"] if "ggml_type" in rd.columns else [])]
+    grouped = rd.groupby(keys, sort=False)
     units = grouped.agg(role=("role", "first"), layer=("layer", "first"), n_params=("n_params", "sum"),
                         n_rows=("expert", "size"), bytes=("bytes", "sum"), nrmse=("nrmse", "max"),
                         weighted=("weighted", "sum"), sqnr_db=("sqnr_db", "min"),
@@ -110,7 +112,7 @@ def aggregate_units(rd, aggregation="max"):
                         clip=("clip", "first")).reset_index()
     if aggregation == "q90":
         q90 = grouped["nrmse"].quantile(0.9)
-        units["nrmse"] = q90.reindex(pd.MultiIndex.from_frame(units[["unit", "bits", "group_size"]])).to_numpy()
+        units["nrmse"] = q90.reindex(pd.MultiIndex.from_frame(units[keys])).to_numpy()
     if aggregation == "mean":
         units["nrmse"] = units["weighted"] / units["n_params"]
     if aggregation != "max":

@@ -435,3 +435,44 @@ def write_fused_experts(src, dst):
     save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
     shutil.copy2(src / "config.json", dst / "config.json")
     return dst
+
+
+def write_tiny_tokenizer(path, vocab=256):
+    """A tiny seeded SentencePiece tokenizer (`tokenizer.model`) in checkpoint folder `path`.
+
+    llama.cpp's converter needs a tokenizer; BPE ones must match a pre-tokenizer it knows by hash,
+    SentencePiece ones need not (Mixtral, Qwen2/3-MoE and Llama-4 converters try SentencePiece
+    first), so test and synthetic checkpoints carry this one. Pieces beyond its vocabulary are
+    padded by the converter up to the model's vocab size.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    words = [f"w{i} x{i % 7} y{i % 11} the a of and" for i in range(400)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(words), model_writer=model, vocab_size=min(vocab, 64),
+                                   model_type="bpe", character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0,
+                                   pad_id=-1, minloglevel=2, num_threads=1, seed_sentencepiece_size=1000)
+    (Path(path) / "tokenizer.model").write_bytes(model.getvalue())
+    return Path(path)
+
+
+def write_tiny_bpe_tokenizer(path, vocab=256):
+    """A tiny byte-level BPE tokenizer (tokenizer.json, as transformers saves it) in folder `path`.
+
+    llama.cpp's converter identifies a BPE tokenizer's pre-tokenizer by the hash of its output on a
+    fixed text; this one is unknown to it (tests answer that check themselves, see test_gguf.py).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # 256 byte symbols + 1 special token + merges: the vocabulary must exceed the alphabet.
+    trainer = trainers.BpeTrainer(vocab_size=max(vocab, 260) - 2, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([f"w{i} the a of and x{i % 7}" for i in range(300)], trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(path)
+    return Path(path)

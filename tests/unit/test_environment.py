@@ -54,6 +54,12 @@ def test_every_runtime_is_installed():
     from mint import baseline
 
     missing = [m for m in ("mlx_lm", "llama_cpp") if importlib.util.find_spec(m) is None]
+    try:
+        from mint import gguf
+
+        gguf.llama_cpp_dir()  # llama.cpp's converter and gguf-py, for GGUF exports (`make llama-cpp`)
+    except gguf.GGUFError as e:
+        missing.append(str(e))
     if not baseline.gptq_python().exists():
         missing.append(f"GPTQ environment ({baseline.gptq_python()})")
     assert not missing, f"runtimes missing (run `make test`, which installs them): {missing}"

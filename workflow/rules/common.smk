@@ -83,6 +83,14 @@ def checkpoint_dir(model):
     return f"results/{model}/checkpoint"
 
 
+def get_gguf_flags(wildcards):
+    """Flags of `mint gguf-compare` from the config's gguf section (schema defaults filled)."""
+    g = config.get("gguf", {})
+    presets = " ".join(g.get("presets", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]))
+    return (f"--checkpoint {checkpoint_dir(wildcards.model)} --presets {presets} --windows {g.get('windows', 32)}"
+            f" --seq-len {config['evaluation']['seq_len']} --pretokenizer {g.get('pretokenizer', 'gpt-2')}")
+
+
 def get_checkpoint(wildcards):
     """Input that stands for the whole checkpoint: a produced folder, or the user's config.json."""
     source = model_source(wildcards.model)

@@ -1,0 +1,20 @@
+# GGUF (issue 16): llama.cpp's own preset mixes and MINT-GGUF at exactly their bytes, both evaluated
+# with llama.cpp's logits. Not part of results/tables: a target of its own (see config `gguf`).
+
+
+rule gguf_compare:
+    input:
+        checkpoint=get_checkpoint,
+    output:
+        "results/{model}/gguf/compare.csv",
+    params:
+        flags=get_gguf_flags,
+    log:
+        "logs/{model}/gguf_compare.log",
+    benchmark:
+        "results/benchmarks/{model}/gguf_compare.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    shell:
+        "{MINT} gguf-compare {params.flags} --threads {threads} --out {output} > {log} 2>&1"
