@@ -17,6 +17,7 @@ Not a test: run it by hand; the load average is printed first and last, since th
 
     python benchmarks/peers.py                          # --layers 1 --vocab 32000: 0.75B parameters
     python benchmarks/peers.py --quick                  # --experts 48 --vocab 8000: 0.26B
+    python benchmarks/peers.py --baseline /tmp/old      # also an earlier mint, alternating (same run)
 """
 
 import argparse
@@ -55,7 +56,7 @@ def evict(paths):
             os.close(fd)
 
 
-def run_jobs(commands, workers, log):
+def run_jobs(commands, workers, log, pythonpath=None):
     """Run commands, `workers` at a time. Returns (wall s, CPU s, peak RSS MiB) of them all.
 
     CPU time and peak come from wait4 on each child, so they include its own children (forked
@@ -64,18 +65,25 @@ def run_jobs(commands, workers, log):
     started, pending, running = time.perf_counter(), list(commands), {}
     cpu, peak = 0.0, 0.0
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
     with open(log, "a") as out:
         while pending or running:
             while pending and len(running) < workers:
                 cmd = pending.pop(0)
                 out.write(f"$ {' '.join(map(str, cmd))}\n")
                 out.flush()
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-                running[proc.pid] = cmd
+                # Run from the log's folder: `python -m` puts the working directory first on sys.path,
+                # where a checkout's own mint would shadow the one PYTHONPATH names.
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=Path(log).parent)
+                # Keep the Popen: one dropped while running is reaped by subprocess's own clean-up,
+                # and wait4 below would never see it.
+                running[proc.pid] = (proc, cmd)
             pid, status, usage = os.wait4(-1, 0)
-            cmd = running.pop(pid, None)
+            proc, cmd = running.pop(pid, (None, None))
             if cmd is None:
                 continue
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
             if os.waitstatus_to_exitcode(status) != 0:
                 raise SystemExit(f"failed: {' '.join(map(str, cmd))} (log: {log})")
             cpu += usage.ru_utime + usage.ru_stime
@@ -124,13 +132,13 @@ def n_params(folder):
     return sum(math.prod(v["shape"]) for h in headers(folder) for v in h.values())
 
 
-def contender(name, commands, workers, files, work, log):
+def contender(name, commands, workers, files, work, log, pythonpath=None):
     """A function that runs `commands` once from a cold cache and returns (wall, cpu, peak)."""
     def once():
         for path in work:
             shutil.rmtree(path, ignore_errors=True)
         evict(files)
-        return run_jobs(commands, workers, log)
+        return run_jobs(commands, workers, log, pythonpath)
     once.name = name
     return once
 
@@ -169,6 +177,8 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="analysis processes at a time; export workers")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds (medians are reported)")
     p.add_argument("--workdir", default="/tmp/mint-peers")
+    p.add_argument("--baseline", type=Path, help="a folder holding an earlier `mint` package (e.g. `git archive "
+                   "REV mint | tar -x -C DIR`): its analysis and export run alternating with this one's")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint and outputs")
     args = p.parse_args()
     if args.quick:
@@ -208,8 +218,16 @@ def main():
                           args.workers, shards, [exact], log)
     clustered_run = contender("mint analyze, clustered", [[*analyze, "--out", clustered, *s] for s in per_shard],
                               args.workers, shards, [clustered], log)
+    runs = [floor, exact_run, clustered_run]
+    if args.baseline:
+        runs += [contender("baseline analyze, every expert exact",
+                           [[*analyze, "--out", work / "baseline-exact", "--cluster-threshold", "100000", *s]
+                            for s in per_shard], args.workers, shards, [work / "baseline-exact"], log, args.baseline),
+                 contender("baseline analyze, clustered", [[*analyze, "--out", work / "baseline-clustered", *s]
+                                                           for s in per_shard],
+                           args.workers, shards, [work / "baseline-clustered"], log, args.baseline)]
     print(f"\n== analysis ({args.workers} processes, 1 thread each, cold page cache) ==")
-    results = measure([floor, exact_run, clustered_run], args.repeats)
+    results = measure(runs, args.repeats)
     # Clustered: `mint experts` measures the representatives after the light pass.
     units = work / "units"
     experts = run_jobs([[*MINT, "experts", "--checkpoint", ckpt, "--analysis", clustered, "--out", units,
@@ -236,7 +254,12 @@ def main():
              1, log)
     print(f"  {'mlx_lm.convert -q 4-bit g64':<34} {first[0]:7.1f} s wall {first[1]:7.1f} s CPU {first[2]:7.0f} MiB"
           " (sets the budget)")
-    export = measure([quantize, quantize_one, convert], args.repeats)
+    runs = [quantize, quantize_one, convert]
+    if args.baseline:
+        runs.append(contender("baseline quantize", [[*MINT, "quantize", "--checkpoint", ckpt, "--allocation", alloc,
+                                                     "--mlx-out", mint_out]], 1, shards, [mint_out], log,
+                              args.baseline))
+    export = measure(runs, args.repeats)
     mint_bytes = tensor_bytes(mint_out)
 
     gguf = gguf_contenders(ckpt, work, log)
@@ -252,6 +275,14 @@ def main():
             "mlx_lm.convert -q 4-bit g64")
     if gguf is None:
         print(f"{'mint GGUF export vs llama.cpp quantize':<44} not built yet (benchmarks/peers.py: gguf_contenders)")
+    if args.baseline:
+        compare("mint quantize vs baseline quantize", export, f"mint quantize ({args.workers} workers)",
+                "baseline quantize")
+        compare("mint quantize, 1 process, vs baseline", export, "mint quantize (1 process)", "baseline quantize")
+        compare("mint analyze exact vs baseline", results, "mint analyze, every expert exact",
+                "baseline analyze, every expert exact")
+        compare("mint analyze clustered vs baseline", results, "mint analyze, clustered",
+                "baseline analyze, clustered")
     floor_wall, floor_cpu, _ = results["floor: plain read"]
     for name in ("mint analyze, every expert exact", "clustered + experts"):
         wall, cpu, peak = results[name]
@@ -259,7 +290,7 @@ def main():
               f"{cpu:6.1f} s CPU, {params / wall / 1e6:6.1f} M params/s, peak RSS {peak:5.0f} MiB")
     if not args.keep:
         shutil.rmtree(work / "ckpt", ignore_errors=True)
-        for path in (mlx_out, mint_out, exact, clustered, units):
+        for path in (mlx_out, mint_out, exact, clustered, units, work / "baseline-exact", work / "baseline-clustered"):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -79,7 +79,7 @@ rule quantize:
         mem_mb=4000,
     shell:
         "{MINT} quantize --checkpoint {params.checkpoint} --rules {input.rules} --allocation {input.allocation}"
-        " --mlx-out {output.mlx} --dequant-out {output.dequant} > {log} 2>&1"
+        " --mlx-out {output.mlx} --dequant-out {output.dequant} --workers {threads} > {log} 2>&1"
 
 
 rule verify:
