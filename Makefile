@@ -46,7 +46,7 @@ tables: venv gptq-env llama-cpp
 	$(BIN)/snakemake --cores $(CORES) results/tables
 
 # The default tables plus the variant study (config/study.yaml), about 70 minutes more on 2 cores.
-study: venv gptq-env
+study: venv gptq-env llama-cpp
 	$(BIN)/snakemake --cores $(CORES) --configfile config/study.yaml results/tables
 
 dry-run: venv

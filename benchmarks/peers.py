@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from scale_bench import evict  # the benchmark beside this one (run as a script from benchmarks/)
+
 GIB = 1024**3
 MINT = [sys.executable, "-m", "mint"]
 # The floor: each shard read once, in 16 MiB pieces, and thrown away.
@@ -43,17 +45,6 @@ for path in sys.argv[1:]:
         while f.readinto(buf):
             pass
 """
-
-
-def evict(paths):
-    """Drop the files' pages from the page cache, so the next read comes from disk."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def run_jobs(commands, workers, log, pythonpath=None):

@@ -332,13 +332,18 @@ def _evaluate_gguf(args):
         print(f"mint evaluate: error: {e}", file=sys.stderr)
         return 2
     save_result(result, args.out)
-    line = f"ppl {result['ppl_mean']:.3f} +- {result['ppl_mean_se']:.3f} on {result['n_windows']} windows (llama.cpp)"
+    print(summary_line(result, " (llama.cpp)"))
+    return 0
+
+
+def summary_line(result, runtime=""):
+    """One line: perplexity with its standard error and, against a reference, KLD and the paired difference."""
+    line = f"ppl {result['ppl_mean']:.3f} +- {result['ppl_mean_se']:.3f} on {result['n_windows']} windows{runtime}"
     if "kld_mean" in result:
         p = result["paired"]
         line += (f"; reference {result['reference']['ppl_mean']:.3f}, KLD {result['kld_mean']:.5f}, "
                  f"dlog ppl {p['mean_diff_log_ppl']:+.5f} +- {p['se']:.5f}")
-    print(line)
-    return 0
+    return line
 
 
 def main(argv=None):
@@ -374,12 +379,7 @@ def main(argv=None):
         print(f"mint evaluate: error: {e}", file=sys.stderr)
         return 2
     save_result(result, args.out)
-    line = f"ppl {result['ppl_mean']:.3f} +- {result['ppl_mean_se']:.3f} on {result['n_windows']} windows"
-    if "kld_mean" in result:
-        p = result["paired"]
-        line += (f"; reference {result['reference']['ppl_mean']:.3f}, KLD {result['kld_mean']:.5f}, "
-                 f"dlog ppl {p['mean_diff_log_ppl']:+.5f} +- {p['se']:.5f}")
-    print(line)
+    print(summary_line(result))
     return 0
 
 

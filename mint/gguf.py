@@ -413,14 +413,20 @@ def check_written(path, allocation):
     return size
 
 
-def write_gguf(source, allocation, out, overwrite=False, threads=None):
-    """Write the final GGUF for a GGUF allocation from the 16-bit GGUF `source`; check it."""
+def _check_output(out, allocation, overwrite):
+    """`out` as a Path, once it may be written and `allocation` is one for a GGUF file."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise GGUFError(f"{out} exists (pass --overwrite to replace it)")
     if allocation.get("format") != "gguf":
         raise GGUFError("the allocation is not a GGUF allocation (it has no ggml_types): make it with "
                         "`mint convert --format gguf`")
+    return out
+
+
+def write_gguf(source, allocation, out, overwrite=False, threads=None):
+    """Write the final GGUF for a GGUF allocation from the 16-bit GGUF `source`; check it."""
+    out = _check_output(out, allocation, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     reader = read_gguf(source)
@@ -440,12 +446,7 @@ def write_gguf(source, allocation, out, overwrite=False, threads=None):
 def quantize_checkpoint(checkpoint, allocation, out, overwrite=False, progress=True, pretokenizer=None):
     """`mint quantize --format gguf`: convert `checkpoint` (a temporary 16-bit GGUF beside `out`) and
     write it with a GGUF allocation's types. Returns the bytes written (= the allocation's)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise GGUFError(f"{out} exists (pass --overwrite to replace it)")
-    if allocation.get("format") != "gguf":
-        raise GGUFError("the allocation is not a GGUF allocation (it has no ggml_types): make it with "
-                        "`mint convert --format gguf`")
+    out = _check_output(out, allocation, overwrite)
     temp = out.with_name(out.name + ".16bit.tmp")
     try:
         convert_to_gguf(checkpoint, temp, progress, pretokenizer)

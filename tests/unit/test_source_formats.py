@@ -6,33 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mint import export as ex
 from mint.checkpoint import Checkpoint
-from mint.testing import make_tiny_checkpoint
+from mint.testing import FP8_BLOCK, make_tiny_checkpoint, to_fp8, write_fp8_release
 
-BLOCK = 128
-FP8_MAX = 448.0   # largest finite float8_e4m3fn
-# Roles an fp8 release stores in fp8 (DeepSeek-V3 keeps embedding, head, router and norms in bf16).
-FP8_ROLES = ("attention", "routed_expert", "shared_expert", "dense_mlp")
-
-
-def to_fp8(w, block=BLOCK):
-    """(fp8 weight, scale_inv) of a float matrix, one scale per block x block tile (amax / 448)."""
-    rows, cols = w.shape
-    tiles_r, tiles_c = -(-rows // block), -(-cols // block)
-    scale = torch.empty(tiles_r, tiles_c)
-    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
-    for i in range(tiles_r):
-        for j in range(tiles_c):
-            tile = w[i * block:(i + 1) * block, j * block:(j + 1) * block].float()
-            scale[i, j] = tile.abs().max().clamp_min(1e-12) / FP8_MAX
-            q[i * block:(i + 1) * block, j * block:(j + 1) * block] = (tile / scale[i, j]).to(torch.float8_e4m3fn)
-    return q, scale
-
-
-def reference_dequant(q, scale, block=BLOCK):
+def reference_dequant(q, scale, block=FP8_BLOCK):
     """w[i, j] = q[i, j] * scale[i // block, j // block], by explicit indexing."""
     rows, cols = q.shape
     i = torch.arange(rows)[:, None] // block
@@ -45,23 +25,10 @@ def pair(tmp_path_factory):
     """A bf16 checkpoint and its fp8 release (hidden 192: blocks of 128 leave partial tiles)."""
     root = tmp_path_factory.mktemp("fp8")
     bf16 = make_tiny_checkpoint("qwen3_moe", root / "bf16", hidden=192, intermediate=320)
-    ckpt = Checkpoint(bf16)
-    roles = {r.name: r.role for r in ckpt.refs}
-    tensors, originals = {}, {}
-    for name, w in load_file(bf16 / "model.safetensors").items():
-        if roles.get(name) in FP8_ROLES and w.dim() == 2:
-            q, scale = to_fp8(w.float())
-            tensors[name], tensors[name + "_scale_inv"] = q, scale
-            originals[name] = w.float()
-        else:
-            tensors[name] = w
-    fp8 = root / "fp8"
-    fp8.mkdir()
-    save_file(tensors, fp8 / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((bf16 / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [BLOCK, BLOCK],
-                                     "activation_scheme": "dynamic"}
-    (fp8 / "config.json").write_text(json.dumps(config))
+    fp8 = write_fp8_release(bf16, root / "fp8")
+    tensors = load_file(fp8 / "model.safetensors")
+    originals = {name: w.float() for name, w in load_file(bf16 / "model.safetensors").items()
+                 if name + "_scale_inv" in tensors}
     return Checkpoint(bf16), Checkpoint(fp8), tensors, originals
 
 
