@@ -65,9 +65,13 @@ def frontier(units, preset=DEFAULT_PRESET, bpw=BPW_GRID, named_gib=NAMED_GIB):
 
 
 def add_expected_quality(table, fit):
-    """The frontier with the quality the fit expects at each row's weight error."""
-    kld, low, high, ppl = quality.predict_quality(fit, table["weight_error"].to_numpy())
-    return table.assign(kld_fit=kld, kld_fit_low=low, kld_fit_high=high, ppl_increase_fit_pct=ppl)
+    """The frontier with the quality the fit expects at each row's weight error, and whether that
+    error lies inside the range the fit was made on (elsewhere the numbers are extrapolations)."""
+    error = table["weight_error"].to_numpy()
+    kld, low, high, ppl = quality.predict_quality(fit, error)
+    lo, hi = fit["error_range"]
+    return table.assign(kld_fit=kld, kld_fit_low=low, kld_fit_high=high, ppl_increase_fit_pct=ppl,
+                        fit_in_range=(error >= lo) & (error <= hi))
 
 
 def plan(source, out, faithful=False, work=None, fit=None, progress=True):

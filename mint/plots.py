@@ -158,9 +158,8 @@ def plot_frontier(table, path, title, fit=None, points=None):
     for _, r in ok.iterrows():
         ax.annotate(r["budget"], (r["size_gib"], r["objective"]), textcoords="offset points", xytext=(4, 4),
                     fontsize=7)
-    if len(ok):
+    if len(ok):   # the min-safe row is annotated already; the line marks where the floor starts to bind
         ax.axvline(ok["size_gib"].iloc[0], color="tab:red", ls=":", lw=1)
-        ax.text(ok["size_gib"].iloc[0], ax.get_ylim()[1], " min-safe", color="tab:red", va="top", fontsize=8)
     ax.set_xlabel("size (GiB)")
     ax.set_ylabel("objective (sum of unit costs, lower is better)")
     ax.set_yscale("log")
@@ -173,11 +172,16 @@ def plot_frontier(table, path, title, fit=None, points=None):
         used = points[(points["weight_error"] > MIN_WEIGHT_ERROR) & (points["kld"] > 0)]
         for model, group in used.groupby("model"):
             ax.scatter(group["weight_error"], group["kld"], s=14, label=f"measured: {model}")
-        grid = np.geomspace(used["weight_error"].min(), used["weight_error"].max(), 50)
+        grid = np.geomspace(*fit["error_range"], 50)
         kld, low, high, _ = predict_quality(fit, grid)
         ax.plot(grid, kld, color="black", lw=1, label="fit")
         ax.fill_between(grid, low, high, color="black", alpha=0.1, label="fit +- rms")
-        ax.scatter(ok["weight_error"], ok["kld_fit"], marker="x", color="tab:red", label="this model (expected)")
+        inside = ok[ok["fit_in_range"]]
+        outside = ok[~ok["fit_in_range"]]
+        ax.scatter(inside["weight_error"], inside["kld_fit"], marker="x", color="tab:red",
+                   label="this model (expected)")
+        ax.scatter(outside["weight_error"], outside["kld_fit"], marker="x", color="tab:red", alpha=0.35,
+                   label="this model (extrapolated)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("weight error (parameter-weighted mean NRMSE)")

@@ -56,8 +56,9 @@ def fit_quality(points):
     """Least-squares fits of KLD and delta log PPL on weight error (see the module doc).
 
     Returns a dict: kld_intercept, kld_slope, kld_rms_log (root mean square residual of log KLD), ppl_coef,
-    ppl_rms (of delta log PPL), n (runs used) and models (their names), or raises ValueError when fewer
-    than three usable runs exist.
+    ppl_rms (of delta log PPL), n (runs used), models (their names) and error_range (the smallest and
+    largest weight error fitted: outside it a prediction is an extrapolation), or raises ValueError
+    when fewer than three usable runs exist.
     """
     p = points[(points["weight_error"] > MIN_WEIGHT_ERROR) & (points["kld"] > 0)].dropna()
     if len(p) < 3:
@@ -70,7 +71,8 @@ def fit_quality(points):
     return dict(kld_intercept=float(intercept), kld_slope=float(slope),
                 kld_rms_log=float(np.sqrt(np.mean((y - (intercept + slope * x)) ** 2))),
                 ppl_coef=coef, ppl_rms=float(np.sqrt(np.mean((d - coef * e2) ** 2))),
-                n=int(len(p)), models=sorted(p["model"].unique()))
+                n=int(len(p)), models=sorted(p["model"].unique()),
+                error_range=[float(p["weight_error"].min()), float(p["weight_error"].max())])
 
 
 def predict_quality(fit, error):
@@ -88,4 +90,5 @@ def describe_fit(fit):
     return (f"fitted on {fit['n']} measured runs of {', '.join(fit['models'])}: "
             f"KLD = {math.exp(fit['kld_intercept']):.3g} * e^{fit['kld_slope']:.2f} "
             f"(within x{math.exp(fit['kld_rms_log']):.2f} rms), "
-            f"delta log PPL = {fit['ppl_coef']:.3g} * e^2 (+- {fit['ppl_rms']:.2g} rms), e = weight error")
+            f"delta log PPL = {fit['ppl_coef']:.3g} * e^2 (+- {fit['ppl_rms']:.2g} rms), e = weight error, "
+            f"fitted for e in [{fit['error_range'][0]:.3g}, {fit['error_range'][1]:.3g}]")

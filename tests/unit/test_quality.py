@@ -50,6 +50,8 @@ def test_fit_recovers_a_planted_relation(tmp_path):
     assert fit["kld_slope"] == pytest.approx(KLD_B) and math.exp(fit["kld_intercept"]) == pytest.approx(KLD_A)
     assert fit["ppl_coef"] == pytest.approx(PPL_C) and fit["kld_rms_log"] < 1e-9 and fit["ppl_rms"] < 1e-12
     assert fit["models"] == ["m1", "m2"] and fit["n"] == 6
+    errors = points["weight_error"]
+    assert fit["error_range"] == [pytest.approx(errors.min()), pytest.approx(errors.max())]
     kld, low, high, ppl = quality.predict_quality(fit, [0.03])
     assert kld[0] == pytest.approx(KLD_A * 0.03**2) and low[0] == pytest.approx(kld[0])
     assert ppl[0] == pytest.approx(100 * math.expm1(PPL_C * 0.03**2))
@@ -78,5 +80,7 @@ def test_plan_with_fit_adds_expected_quality(tmp_path):
                       progress=False)
     ok = table[table["feasible"]]
     assert np.allclose(ok["kld_fit"], KLD_A * ok["weight_error"] ** 2)
+    lo, hi = quality.fit_quality(quality.measured_points(tmp_path / "res"))["error_range"]
+    assert (ok["fit_in_range"] == ok["weight_error"].between(lo, hi)).all()
     assert "fitted on 6 measured runs of m1, m2" in (tmp_path / "plan" / "frontier.md").read_text()
     assert (tmp_path / "plan" / "frontier.png").stat().st_size > 0
