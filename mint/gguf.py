@@ -571,7 +571,7 @@ def evaluate_gguf(path, tokenizer_dir, reference=None, seq_len=512, windows=None
 
     model = open_llama(path, seq_len, threads)
     ref = open_llama(reference, seq_len, threads) if reference else None
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     ids = tokenizer(data.load_eval_text(text), add_special_tokens=False)["input_ids"]
     x, index, total = make_windows(ids, seq_len, windows, seed)
     n = len(x)
