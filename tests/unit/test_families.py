@@ -228,23 +228,32 @@ def test_an_export_that_does_not_load_fails_verification(exported, tmp_path, cap
 # GLM's converter looks its special tokens up by name; ERNIE's and Jamba's read a SentencePiece model.
 GGUF_SPECIAL_TOKENS = ("<|endoftext|>", "[gMASK]", "<|user|>", "<|observation|>")
 SENTENCEPIECE = ("ernie4_5_moe", "jamba")
-# Config keys released checkpoints have and transformers 5 does not write (it folds rotary_dim into
-# partial_rotary_factor), which llama.cpp's converter reads.
-HUB_CONFIG = {"minimax_m2": {"rotary_dim": 16, "scoring_func": "sigmoid"}}
+# Config keys released checkpoints have, transformers 5 does not write (it folds rotary_dim into
+# partial_rotary_factor, and knows the router's activation by class) and llama.cpp's converter reads.
+HUB_CONFIG = {"minimax_m2": {"rotary_dim": 16, "scoring_func": "sigmoid"},
+              "deepseek_v3": {"scoring_func": "sigmoid", "topk_method": "noaux_tc"},
+              "kimi_k2": {"model_type": "kimi_k2", "scoring_func": "sigmoid", "topk_method": "noaux_tc"}}
 # What llama.cpp assumes of a config (Family.gguf_requires) and the family models do not satisfy: the
 # GGUF case changes only those keys (the released checkpoints satisfy them); the unchanged model is
 # refused in one line (test_gguf_requirement_is_checked_before_conversion).
 GGUF_OVERRIDES = {
     "qwen2_moe": {"num_attention_heads": 6},
     "olmoe": {"num_key_value_heads": 6},
-    "qwen3_next": {"linear_value_head_dim": 32},
-    "qwen3_5_moe": {"linear_value_head_dim": 32},
+    "deepseek_v2": {"topk_method": "greedy", "n_group": 1, "topk_group": 1},
     # the dense width is unused (every layer is MoE) but sets the converter's shared-expert width
     "ernie4_5_moe": {"intermediate_size": 192},
 }
-GGUF_CASES = [c for c, (mt, how) in CASES.items() if ":" not in how]
+# The families' own models; Kimi-K2 as its config names it (the architecture is DeepSeek-V3's).
+GGUF_CASES = [c for c, (mt, how) in CASES.items() if ":" not in how or how.startswith("kimi:")]
 GGUF_ROUND_TRIP = [c for c in GGUF_CASES if FAMILIES[CASES[c][0]].gguf is not None]
 GGUF_REFUSED = [c for c in GGUF_CASES if FAMILIES[CASES[c][0]].gguf is None]
+# Exported and run by llama.cpp, but beyond the tolerance on the family model (measured; the f32 GGUF
+# gives transformers' logits within 1.5e-3, so the weights and graph are right): MoE routing and
+# Mamba's recurrence amplify llama.cpp's 8-bit activations. Marked strict xfail: a pass is news.
+GGUF_NOT_VERIFIED = {
+    "deepseek_v2": "one token's logits 0.53 off at tolerance 0.10 (its top-k experts flip), the rest <= 0.14",
+    "jamba": "0.17 max at tolerance 0.10, spread over all tokens",
+}
 GGUF_BUDGET = "6bpw"  # between the smallest file and 16 bits for every family model
 TOKENS = [1, 5, 17, 33, 60, 100, 7, 200, 42, 3, 250, 9, 77, 128, 31, 64]
 
@@ -257,7 +266,7 @@ def gguf_checkpoint(root, case):
     path = root / f"gguf-{case}"
     if (path / "config.json").exists():
         return path
-    make_tiny_family(CASES[case][1], path, **GGUF_OVERRIDES.get(case, {}))
+    make_tiny_family(CASES[case][1].rpartition(":")[2], path, **GGUF_OVERRIDES.get(case, {}))
     if case in HUB_CONFIG:
         config = json.loads((path / "config.json").read_text())
         (path / "config.json").write_text(json.dumps({**config, **HUB_CONFIG[case]}, indent=2))
@@ -313,12 +322,15 @@ def ggml_twin_logits(ckpt, written, work):
     twin = {n: torch.from_numpy(flat[offsets[n]:offsets[n] + w.numel()].reshape(w.shape).copy()) if n in offsets
             else w.float() for n, w in weights.items()}
     (work / "twin").mkdir()
-    shutil.copy(ckpt / "config.json", work / "twin" / "config.json")
+    config = json.loads((ckpt / "config.json").read_text())
+    hf_model_type = FAMILIES[config["model_type"]].hf_model_type  # Kimi-K2 is transformers' deepseek_v3
+    (work / "twin" / "config.json").write_text(json.dumps({**config, "model_type": hf_model_type or config["model_type"]}))
     save_file(twin, str(work / "twin" / "model.safetensors"))
     return torch_logits(work / "twin", [TOKENS])[0]
 
 
-@pytest.mark.parametrize("case", GGUF_ROUND_TRIP)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=GGUF_NOT_VERIFIED[c]))
+                                  if c in GGUF_NOT_VERIFIED else c for c in GGUF_ROUND_TRIP])
 def test_family_round_trips_in_llama_cpp(root, tmp_path, case):
     """A mixed GGUF allocation, written with the planned types and bytes, loaded by llama.cpp, gives the
     logits transformers computes from the ggml-dequantized twin within test_gguf.py's tolerance: 0.1 of
@@ -363,16 +375,17 @@ def test_gguf_refused_family_is_refused_before_conversion(root, tmp_path, case):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("case", sorted(GGUF_OVERRIDES))
+@pytest.mark.parametrize("case", sorted(set(GGUF_OVERRIDES) | set(HUB_CONFIG) - {"kimi_k2"}))
 def test_gguf_requirement_is_checked_before_conversion(root, tmp_path, case):
-    # the family model as the MLX matrix runs it breaks what llama.cpp assumes: one line, nothing written
+    # the family model as the MLX matrix runs it (transformers' config) breaks what llama.cpp assumes:
+    # one line, nothing written
     from mint import gguf
 
     family = FAMILIES[CASES[case][0]]
     with pytest.raises(gguf.GGUFError) as e:
         gguf.convert_to_gguf(checkpoint(root, case), tmp_path / "model.gguf", progress=False)
     message = str(e.value)
-    assert "\n" not in message and f"llama.cpp's {family.name} needs" in message
+    assert "\n" not in message and f"llama.cpp's {family.name} " in message
     assert any(r.reason in message for r in family.gguf_requires)
     assert not list(tmp_path.iterdir())
 
@@ -411,7 +424,15 @@ def test_readme_support_matrix_matches_the_family_table():
         else:
             assert row["MLX export"].startswith("verified"), model_type
             assert model_type in tested, f"{model_type}: the README says verified, the matrix does not test it"
-        assert row["GGUF export"] == "planned"
+        gguf_cell = row["GGUF export"]
+        if family.gguf is None:
+            assert gguf_cell.startswith("refused: "), model_type
+            assert model_type in {CASES[c][0] for c in GGUF_REFUSED}, model_type
+        elif model_type in GGUF_NOT_VERIFIED:
+            assert gguf_cell == f"exported, not verified: {GGUF_NOT_VERIFIED[model_type]}", model_type
+        else:
+            assert gguf_cell.startswith("verified"), model_type
+            assert model_type in {CASES[c][0] for c in GGUF_ROUND_TRIP}, f"{model_type}: GGUF not in the matrix"
         assert row["source formats"].startswith("bf16, fp16, fp32, fp8"), model_type
         mxfp4_case = any(how.startswith("mxfp4:") and mt == model_type for mt, how in CASES.values())
         assert ("MXFP4" in row["source formats"]) == mxfp4_case, model_type
