@@ -2,8 +2,10 @@
 (and, where the hub stores it otherwise, in the hub's layout), goes through inspect, analyze,
 experts, allocate and quantize; mlx-lm's own loader then computes, from the MLX folder, the logits
 transformers computes from the dequantized twin (float32, within 1e-3). Families whose MLX export
-cannot be faithful are refused by design, before any work, with a one-line reason; the README's
-support matrix says the same as the family table and this matrix."""
+cannot be faithful are refused by design, before any work, with a one-line reason. The same family
+models go through llama.cpp's converter and a mixed GGUF allocation, and llama.cpp's logits are compared
+with the ggml-dequantized twin's, or the GGUF export is refused likewise. The README's support matrix
+says the same as the family table and this matrix."""
 
 import json
 import re
