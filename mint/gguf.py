@@ -41,6 +41,7 @@ from mint import allocate as alloc
 from mint import ggml, quantizer
 from mint.analyze import light_stats, write_parquet
 from mint.experts import CLUSTERS_PER_UNIT, aggregate_units, cluster_experts
+from mint.layouts import family_for, gguf_supported
 
 CLUSTER_THRESHOLD = 32
 # The keys llama.cpp's quantizer sets in every file it writes (src/llama-quant.cpp), both uint32.
@@ -84,12 +85,24 @@ def import_gguf():
 
 
 def check_architecture(checkpoint):
-    """The checkpoint's architecture, if llama.cpp's converter supports it; else GGUFError."""
+    """The checkpoint's architecture, if MINT exports its family to GGUF (mint.layouts.FAMILIES) or,
+    for a model_type MINT has no family for, llama.cpp's converter registers it; else GGUFError."""
     try:
         config = json.loads((Path(checkpoint) / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GGUFError(f"{checkpoint}: no readable config.json ({e})") from None
     arch = (config.get("architectures") or [None])[0]
+    family = family_for(config)
+    if family is not None:
+        model_type = config["model_type"]
+        if family.gguf is None:
+            raise GGUFError(f"{checkpoint}: {family.name} ({model_type}) is not exported to GGUF: {family.gguf_refused}; "
+                            f"MINT writes GGUF files for {gguf_supported()}")
+        text = config.get("text_config") or config
+        for requirement in family.gguf_requires:
+            if not requirement.holds(text, set()):
+                raise GGUFError(f"{checkpoint}: llama.cpp's {family.name} {requirement.reason}")
+        return arch
     folder = str(llama_cpp_dir())
     import_gguf()
     if folder not in sys.path:
@@ -100,6 +113,12 @@ def check_architecture(checkpoint):
         raise GGUFError(f"{checkpoint}: architecture {arch!r} cannot be converted by llama.cpp's converter "
                         "(convert_hf_to_gguf.py --print-supported-models lists those it can)")
     return arch
+
+
+def converter_args(checkpoint):
+    """The converter's flags for `checkpoint` beyond the paths and output type (its family's)."""
+    family = family_for(json.loads((Path(checkpoint) / "config.json").read_text()))
+    return list(family.gguf_converter_args) if family is not None else []
 
 
 def outtype(checkpoint):
@@ -116,19 +135,20 @@ _CONVERT_WITH_PRETOKENIZER = (
     "runpy.run_path({d!r} + '/convert_hf_to_gguf.py', run_name='__main__')")
 
 
-def convert_to_gguf(checkpoint, out_path, progress=True, pretokenizer=None):
+def convert_to_gguf(checkpoint, out_path, progress=True, pretokenizer=None, out_type=None):
     """Run llama.cpp's converter: `checkpoint` -> a 16-bit GGUF at `out_path` (full size).
 
     llama.cpp names a BPE tokenizer's pre-tokenizer (tokenizer.ggml.pre) by the hash of its output on
     a fixed text, and stops on a tokenizer it has not seen. `pretokenizer` (e.g. "gpt-2" for a
     byte-level BPE with GPT-2's split, as the reference models' tokenizer) names it instead; it
-    decides how llama.cpp splits text, not the weights.
+    decides how llama.cpp splits text, not the weights. `out_type` (e.g. "f32") replaces the
+    converter's output type, by default the checkpoint's own 16-bit dtype.
     """
     check_architecture(checkpoint)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(llama_cpp_dir() / "convert_hf_to_gguf.py"), str(checkpoint),
-            "--outfile", str(out_path), "--outtype", outtype(checkpoint)]
+            "--outfile", str(out_path), "--outtype", out_type or outtype(checkpoint), *converter_args(checkpoint)]
     cmd = [sys.executable, *argv]
     if pretokenizer:
         cmd = [sys.executable, "-c",

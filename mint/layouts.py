@@ -456,6 +456,12 @@ class Family:
     mtp_layers: config key counting multi-token-prediction layers, stored after the last decoder
         layer; neither mlx-lm nor transformers runs them, so they are left out (read, measured and
         written by nobody).
+    gguf: llama.cpp's architecture name (general.architecture) its converter (convert_hf_to_gguf.py
+        of the vendored llama.cpp) writes for the family, or None when the GGUF export is refused by
+        design, `gguf_refused` saying why.
+    gguf_converter_args: flags the converter needs for a checkpoint as MINT reads it.
+    gguf_requires: Requirements of llama.cpp's model, checked on the (text) config before conversion
+        (the roles are not known then: `holds` gets an empty set).
     """
 
     name: str
@@ -472,6 +478,10 @@ class Family:
     hf_model_type: str | None = None
     dense_first: str | None = None
     mtp_layers: str | None = None
+    gguf: str | None = None
+    gguf_refused: str = ""
+    gguf_converter_args: tuple = ()
+    gguf_requires: tuple = ()
 
 
 # DeepSeek-V2's attention always builds a YaRN rope from rope_scaling["factor"]: with no scaling in
@@ -493,58 +503,105 @@ _LLAMA4_REQUIRES = (
 _HEAD_DIM_FROM_HIDDEN = Requirement(
     lambda text, roles: text.get("head_dim") in (None, text["hidden_size"] // text["num_attention_heads"]),
     "derives head_dim from hidden_size / num_attention_heads; this config sets another head_dim")
+# MINT leaves multi-token-prediction layers out; GLM-4-MoE's converter exports them unless told not to
+# (Qwen3-Next's and Qwen3.5-MoE's even expect them when the config counts none).
+_NO_MTP = ("--no-mtp",)
+# llama.cpp's OLMoE normalizes k over n_embd (attn_k_norm [hidden]), as the released OLMoE (16 heads,
+# 16 key/value heads) has it; transformers' OLMoE norms k over its key/value width.
+_OLMOE_FULL_WIDTH_K_NORM = Requirement(
+    lambda text, roles: text.get("num_key_value_heads", text["num_attention_heads"]) == text["num_attention_heads"],
+    "needs as many key/value heads as attention heads (its k-norm spans the hidden size)")
+# llama.cpp's Qwen2-MoE takes head_dim = hidden_size / num_attention_heads (the converter writes no
+# key_length), as transformers does only when the division is exact.
+_HEADS_DIVIDE_HIDDEN = Requirement(
+    lambda text, roles: text["hidden_size"] % text["num_attention_heads"] == 0,
+    "needs num_attention_heads to divide hidden_size (it takes head_dim = hidden_size / num_attention_heads)")
+# Measured by the family matrix, where (with --no-mtp, and linear_key_head_dim == linear_value_head_dim,
+# which llama.cpp's gated delta net assumes) the f32 GGUF gives transformers' logits within 1.5e-3.
+_GATED_DELTA_NET_GGUF = (
+    "llama.cpp's logits from a quantized GGUF differ from the ggml-dequantized model's (2.8 max on the family "
+    "test model's mixed allocation, 1.5 with every weight Q8_0, at 0.2 tolerance, where the f32 GGUF agrees "
+    "within 1.5e-3; cause not located), so no GGUF export of it can be verified")
+# The converter writes the shared experts' width as intermediate_size // num_key_value_heads (true of
+# the released ERNIE-4.5 MoE models); transformers' is moe_intermediate_size x moe_num_shared_experts.
+_ERNIE_SHARED_WIDTH = Requirement(
+    lambda text, roles: not text.get("moe_num_shared_experts") or text["intermediate_size"] // text[
+        "num_key_value_heads"] == text["moe_intermediate_size"] * text["moe_num_shared_experts"],
+    "needs intermediate_size // num_key_value_heads == moe_intermediate_size x moe_num_shared_experts "
+    "(the converter derives the shared experts' width so)")
+# llama.cpp's DeepSeek-V2 picks the top-k over all experts; group-limited routing it has only for V3.
+_GREEDY_ROUTING = Requirement(
+    lambda text, roles: text.get("topk_method", "greedy") == "greedy",
+    "routes greedily over all experts (topk_method 'greedy'); it has no group_limited_greedy")
+
+
+def _needs_config_key(key, why):
+    """The converter reads `key`, which released configs carry and transformers 5 does not write."""
+    return Requirement(lambda text, roles: key in text, f"needs {key!r} in config.json ({why})")
+
+
+# Without scoring_func the converter writes no gating function: DeepSeek-V3's router would become a
+# softmax (a silently different model), MiniMax-M2's aborts llama.cpp.
+_SCORING_FUNC = _needs_config_key("scoring_func", "the router's activation, as the released config has it")
 _DEEPSEEK_V3 = dict(dense_first="first_k_dense_replace", mtp_layers="num_nextn_predict_layers")
 
 # config.json `model_type` -> family. One place for every fact about a family.
 FAMILIES = {
-    "mixtral": Family("Mixtral", MIXTRAL, "mixtral", mlx_requires=(_HEAD_DIM_FROM_HIDDEN,)),
+    "mixtral": Family("Mixtral", MIXTRAL, "mixtral", mlx_requires=(_HEAD_DIM_FROM_HIDDEN,), gguf="llama"),
     "qwen2_moe": Family("Qwen2-MoE", QWEN2_MOE, "qwen2_moe", mlx_requires=(
         _NEEDS_HEAD,
         Requirement(lambda text, roles: "dense_mlp" not in roles,
                     "has no dense MLP layers (decoder_sparse_step/mlp_only_layers)"),
-    )),
-    "qwen3_moe": Family("Qwen3-MoE", QWEN3_MOE, "qwen3_moe", mlx_fields={"num_experts": "num_local_experts"}),
+    ), gguf="qwen2moe", gguf_requires=(_HEADS_DIVIDE_HIDDEN,)),
+    "qwen3_moe": Family("Qwen3-MoE", QWEN3_MOE, "qwen3_moe", mlx_fields={"num_experts": "num_local_experts"}, gguf="qwen3moe"),
     "llama4": Family("Llama-4", LLAMA4, "llama4", mlx_defaults={"rope_scaling": None},
-                     mlx_requires=_LLAMA4_REQUIRES),
+                     mlx_requires=_LLAMA4_REQUIRES, gguf="llama4"),
     # mlx-lm's llama4_text is a dense model: the MoE text model goes into the multimodal wrapper.
     "llama4_text": Family("Llama-4 (text-only)", LLAMA4, "llama4", mlx_model_type="llama4", mlx_wrap_text=True,
-                          mlx_defaults={"rope_scaling": None}, mlx_requires=_LLAMA4_REQUIRES),
+                          mlx_defaults={"rope_scaling": None}, mlx_requires=_LLAMA4_REQUIRES, gguf="llama4"),
     "deepseek_v2": Family("DeepSeek-V2", DEEPSEEK_V2, "deepseek_v2", mlx_defaults=_UNSCALED_YARN,
-                          dense_first="first_k_dense_replace"),
-    "deepseek_v3": Family("DeepSeek-V3", DEEPSEEK_V3, "deepseek_v3", **_DEEPSEEK_V3),
+                          dense_first="first_k_dense_replace", gguf="deepseek2",
+                          gguf_requires=(_GREEDY_ROUTING,)),
+    "deepseek_v3": Family("DeepSeek-V3", DEEPSEEK_V3, "deepseek_v3", **_DEEPSEEK_V3, gguf="deepseek2",
+                          gguf_requires=(_SCORING_FUNC,)),
     # Kimi-K2's own config says kimi_k2; mlx-lm maps it to deepseek_v3 (utils.MODEL_REMAPPING).
-    "kimi_k2": Family("Kimi-K2", DEEPSEEK_V3, "deepseek_v3", hf_model_type="deepseek_v3", **_DEEPSEEK_V3),
+    "kimi_k2": Family("Kimi-K2", DEEPSEEK_V3, "deepseek_v3", hf_model_type="deepseek_v3", **_DEEPSEEK_V3, gguf="deepseek2",
+                      gguf_requires=(_SCORING_FUNC,)),
     "glm4_moe": Family("GLM-4-MoE", GLM4_MOE, "glm4_moe", mlx_fields={"partial_rotary_factor": "partial_rotary_factor"},
-                       mlx_defaults={"rope_scaling": None}, **_DEEPSEEK_V3),
-    "olmoe": Family("OLMoE", OLMOE, "olmoe"),
-    "phimoe": Family("Phi-MoE", PHIMOE, "phimoe"),
+                       mlx_defaults={"rope_scaling": None}, **_DEEPSEEK_V3, gguf="glm4moe",
+                       gguf_converter_args=_NO_MTP),
+    "olmoe": Family("OLMoE", OLMOE, "olmoe", gguf="olmoe", gguf_requires=(_OLMOE_FULL_WIDTH_K_NORM,)),
+    "phimoe": Family("Phi-MoE", PHIMOE, "phimoe", gguf_refused=(
+        "llama.cpp's converter registers no PhimoeForCausalLM (nor does llama.cpp have a Phi-MoE model)")),
     # Released MiniMax-M2 configs carry rotary_dim; transformers 5 turns it into partial_rotary_factor.
     # shared_intermediate_size is a field mlx-lm's minimax requires and never uses.
     "minimax_m2": Family("MiniMax-M2", MINIMAX_M2, "minimax", mlx_defaults={
         "rotary_dim": lambda text: int(text["head_dim"] * config_value(text, "partial_rotary_factor", 1.0)),
-        "shared_intermediate_size": 0}),
-    "granitemoe": Family("Granite-MoE", GRANITEMOE, "granitemoe"),
+        "shared_intermediate_size": 0}, gguf="minimax-m2", gguf_requires=(
+            _SCORING_FUNC, _needs_config_key("rotary_dim", "the rope's width, as the released config has it"))),
+    "granitemoe": Family("Granite-MoE", GRANITEMOE, "granitemoe", gguf="granitemoe"),
     "jamba": Family("Jamba", JAMBA, None, refused=(
         "mlx-lm's jamba renormalizes the top-k routing weights (softmax over the chosen experts) where "
-        "transformers' Jamba weights them by the softmax over all experts: the MLX model is another function")),
+        "transformers' Jamba weights them by the softmax over all experts: the MLX model is another function"), gguf="jamba"),
     "qwen3_next": Family("Qwen3-Next", QWEN3_NEXT, "qwen3_next", mlx_conv_axes=True,
                          mlx_fields={"partial_rotary_factor": "partial_rotary_factor"}, mlx_norm_shift=(
         ".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight", ".q_norm.weight",
-        ".k_norm.weight")),
+        ".k_norm.weight"), gguf_refused=_GATED_DELTA_NET_GGUF),
     # Were it exported, conv1d would be written as on disk ([C, 1, K]): qwen3_5.py's sanitize() then
     # moves its axes and shifts the norms by +1 itself (it decides by the conv1d shape). The MLX folder
     # written so equals what mlx-lm loads from the hub layout itself, but that is not transformers' model.
     "qwen3_5_moe": Family("Qwen3.5-MoE", QWEN3_5_MOE, None, refused=(
         "mlx-lm's qwen3_5_moe computes other logits than transformers' Qwen3.5-MoE even from the hub's own "
         "unquantized weights (0.26 max difference on the family test model, cause not located), so no MLX "
-        "export of it can be verified")),
+        "export of it can be verified"), gguf_refused=_GATED_DELTA_NET_GGUF),
     "ernie4_5_moe": Family("ERNIE-4.5-MoE", ERNIE4_5_MOE, None, refused=(
         "mlx-lm's ernie4_5_moe drops moe_statics.e_score_correction_bias, which transformers adds to the "
-        "routing scores: the MLX model would route tokens to other experts than the checkpoint does")),
+        "routing scores: the MLX model would route tokens to other experts than the checkpoint does"), gguf="ernie4_5-moe",
+        gguf_requires=(_ERNIE_SHARED_WIDTH,)),
     # mlx-lm's YaRN ignores rope `truncate: false` (released GPT-OSS configs): its rope then differs
     # slightly from transformers' whatever the export; mint verify measures it.
-    "gpt_oss": Family("GPT-OSS", GPT_OSS, "gpt_oss"),
-    "dbrx": Family("DBRX", DBRX, "dbrx"),
+    "gpt_oss": Family("GPT-OSS", GPT_OSS, "gpt_oss", gguf="gpt-oss"),
+    "dbrx": Family("DBRX", DBRX, "dbrx", gguf="dbrx"),
 }
 LAYOUTS = {model_type: family.layout for model_type, family in FAMILIES.items()}
 
@@ -557,6 +614,11 @@ def family_for(config):
 def mlx_supported():
     """"Name (model_type)" of every family an MLX export is written for, for error messages."""
     return ", ".join(f"{f.name} ({t})" for t, f in FAMILIES.items() if f.mlx is not None)
+
+
+def gguf_supported():
+    """"Name (model_type)" of every family a GGUF export is written for, for error messages."""
+    return ", ".join(f"{f.name} ({t})" for t, f in FAMILIES.items() if f.gguf is not None)
 
 
 def layout_for(config, rules=None):

@@ -255,13 +255,18 @@ FAMILY_CONFIGS = {
 }
 
 
-def family_config(family):
-    """(config, model class) of the tiny model of `family` (a key of FAMILY_CONFIGS)."""
+def family_config(family, **overrides):
+    """(config, model class) of the tiny model of `family` (a key of FAMILY_CONFIGS); `overrides` replace
+    keys of its (text) config."""
     import transformers
 
     if family not in FAMILY_CONFIGS:
         raise ValueError(f"family must be one of {tuple(FAMILY_CONFIGS)}, got {family!r}")
     config_name, model_name, kwargs, _ = FAMILY_CONFIGS[family]
+    if "text_config" in kwargs:
+        kwargs = {**kwargs, "text_config": {**kwargs["text_config"], **overrides}}
+    else:
+        kwargs = {**kwargs, **overrides}
     return getattr(transformers, config_name)(**kwargs), getattr(transformers, model_name)
 
 
@@ -283,10 +288,10 @@ def randomize_family(model, family, seed=0):
     return model
 
 
-def make_tiny_family(family, path, *, seed=0, dtype=torch.bfloat16) -> Path:
+def make_tiny_family(family, path, *, seed=0, dtype=torch.bfloat16, **overrides) -> Path:
     """Write the tiny random checkpoint of `family` with `save_pretrained` (the hub's layout as
-    transformers writes it) and return its folder."""
-    cfg, cls = family_config(family)
+    transformers writes it) and return its folder; `overrides` replace keys of its (text) config."""
+    cfg, cls = family_config(family, **overrides)
     torch.manual_seed(seed)
     model = randomize_family(cls(cfg), family, seed).to(dtype).eval()
     path = Path(path)
@@ -458,11 +463,15 @@ def write_tiny_tokenizer(path, vocab=256):
     return Path(path)
 
 
-def write_tiny_bpe_tokenizer(path, vocab=256):
+def write_tiny_bpe_tokenizer(path, vocab=256, special_tokens=("<|endoftext|>",)):
     """A tiny byte-level BPE tokenizer (tokenizer.json, as transformers saves it) in folder `path`.
 
     llama.cpp's converter identifies a BPE tokenizer's pre-tokenizer by the hash of its output on a
     fixed text; this one is unknown to it (tests answer that check themselves, see test_gguf.py).
+    Below 260 tokens the alphabet is only the symbols of the training text and the newline's (llama.cpp
+    looks the newline up when it loads a BPE vocabulary), so that it fits a model of 256 tokens.
+    `special_tokens`: the first is the end-of-text token; converters of some families look up others
+    by name (GLM's "[gMASK]", "<|user|>", ...).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -470,9 +479,13 @@ def write_tiny_bpe_tokenizer(path, vocab=256):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    # 256 byte symbols + 1 special token + merges: the vocabulary must exceed the alphabet.
-    trainer = trainers.BpeTrainer(vocab_size=max(vocab, 260) - 2, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    if vocab >= 260:
+        # 256 byte symbols + 1 special token + merges: the vocabulary must exceed the alphabet.
+        size, alphabet = vocab - 2, pre_tokenizers.ByteLevel.alphabet()
+    else:
+        size, alphabet = vocab, ["\u010a"]  # "Ċ", byte-level's newline
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=list(special_tokens), initial_alphabet=alphabet,
+                                  show_progress=False)
     tok.train_from_iterator([f"w{i} the a of and x{i % 7}" for i in range(300)], trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=special_tokens[0]).save_pretrained(path)
     return Path(path)

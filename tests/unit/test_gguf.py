@@ -62,6 +62,9 @@ def _tiny_checkpoint(arch, folder):
         cls = transformers.DeepseekV3ForCausalLM
     torch.manual_seed(0)
     randomize(cls(cfg), arch).to(torch.bfloat16).save_pretrained(folder)
+    if arch == "deepseek_v3":  # the released config's router activation, which the converter reads
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "scoring_func": "sigmoid", "topk_method": "noaux_tc"}))
     return folder
 
 
