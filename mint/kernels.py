@@ -33,6 +33,20 @@ BFLOAT16 = (8, -126, 3.3895313892515355e38)
 
 
 @njit(cache=True, nogil=True)
+def row_float32(x, r, buf):
+    """Row `r` of `x` as float32 in `buf`: bfloat16 given as its uint16 bit patterns is widened
+    exactly (its bits are float32's upper half), so no float32 copy of the tensor is made first."""
+    if x.itemsize == 2:  # bfloat16 bits (both branches must type for either dtype)
+        bits = buf.view(np.uint32)
+        for j in range(x.shape[1]):
+            bits[j] = np.uint32(x[r, j]) << np.uint32(16)
+    else:
+        for j in range(x.shape[1]):
+            buf[j] = x[r, j]
+    return buf
+
+
+@njit(cache=True, nogil=True)
 def round16(a, digits, min_exp, largest):
     """Round every float32 of the contiguous array `a` in place to the nearest 16-bit value (ties to
     even), as torch's `.to(dtype)` does; values stay float32. `a` must be finite.
@@ -113,7 +127,8 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
     """Add each row's squared quantization error at every (group size, bit width) to `out`.
 
     Args:
-        x: float32 [rows, cols], finite; every group size divides cols, the first divides the others.
+        x: float32 [rows, cols], finite, or bfloat16 as uint16 bit patterns (`row_float32`); every
+            group size divides cols, the first divides the others.
         group_sizes: int64 [n_groups], ascending.
         levels: float32 [n_bits], 2**bits - 1 (the same bit widths for every group size).
         digits, min_exp, largest: the 16-bit storage dtype (FLOAT16 or BFLOAT16).
@@ -124,7 +139,7 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
     n_bits = levels.shape[0]
     base = group_sizes[0]
     for r in prange(rows):
-        row = x[r]
+        row = row_float32(x, r, np.empty(cols, np.float32))
         lo = np.empty(cols // base, np.float32)
         hi = np.empty(cols // base, np.float32)
         _ranges(row, base, lo, hi)
@@ -150,20 +165,6 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
             for k in range(n_groups):
                 _group_errors(row[k * g : (k + 1) * g], biases[k], scales[k], levels, diff[:g], err[:g], out,
                               r, gi * n_bits)
-
-
-@njit(cache=True, nogil=True)
-def row_float32(x, r, buf):
-    """Row `r` of `x` as float32 in `buf`: bfloat16 given as its uint16 bit patterns is widened
-    exactly (its bits are float32's upper half), so no float32 copy of the tensor is made first."""
-    if x.itemsize == 2:  # bfloat16 bits (both branches must type for either dtype)
-        bits = buf.view(np.uint32)
-        for j in range(x.shape[1]):
-            bits[j] = np.uint32(x[r, j]) << np.uint32(16)
-    else:
-        for j in range(x.shape[1]):
-            buf[j] = x[r, j]
-    return buf
 
 
 @njit(cache=True, nogil=True)
