@@ -57,6 +57,9 @@ def cluster_experts(stats, k=CLUSTERS_PER_UNIT, seed=0):
     return km.labels_, reps, distance
 
 
+IDENT = ["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]
+
+
 def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True, clip=False):
     """Cluster every clustered unit and measure its representatives.
 
@@ -72,22 +75,21 @@ def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True, 
     for unit, members in tqdm(units, desc="cluster experts", unit="unit", disable=not progress):
         members = members.sort_values("expert").reset_index(drop=True)
         labels, reps, distance = cluster_experts(members, k, seed)
+        # Plain records, not pandas rows: indexing a row per member cost more than measuring.
+        idents = members[IDENT].to_dict("records")
+        values = members[CLUSTER_FEATURES].to_dict("records")
         curves = {}
         for label, pos in reps.items():
-            row = members.iloc[pos]
-            ref = refs[(unit, row["tensor"])]
-            w = read_matrix(ckpt, ref, int(row["expert"]))
+            ident = idents[pos]
+            w = read_matrix(ckpt, refs[(unit, ident["tensor"])], int(ident["expert"]))
             curves[label] = rd_rows(w, default_dtype16(ckpt), clip=clip)
-            feats.append(dict(row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]],
-                              analyzed=True, **tensor_features(w, spectral=spectral)))
-        for pos, row in members.iterrows():
+            feats.append(dict(ident, analyzed=True, **tensor_features(w, spectral=spectral)))
+        for pos, ident in enumerate(idents):
             label = int(labels[pos])
-            rep = members.iloc[reps[label]]
-            clusters.append(dict(unit=unit, layer=row["layer"], proj=row["proj"], expert=int(row["expert"]),
-                                 cluster=label, representative=int(rep["expert"]),
+            clusters.append(dict(unit=unit, layer=ident["layer"], proj=ident["proj"], expert=int(ident["expert"]),
+                                 cluster=label, representative=int(idents[reps[label]]["expert"]),
                                  is_representative=reps[label] == pos, distance=float(distance[pos]),
-                                 **{f: row[f] for f in CLUSTER_FEATURES}))
-            ident = row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]].to_dict()
+                                 **values[pos]))
             rd.extend(dict(ident, **point) for point in curves[label])
     return pd.DataFrame(clusters), pd.DataFrame(rd), pd.DataFrame(feats)
 
