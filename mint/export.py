@@ -573,8 +573,9 @@ def _write_forked(job, tensors, workers, progress):
     global _FORK_JOB
     order = sorted(tensors, key=lambda n: -sum(r.numel for r in tensors[n]))
     # Load the compiled kernel here, once: each worker would otherwise pay numba's first-call set-up
-    # (about a second of CPU) on its own.
-    _quantize_pack(torch.zeros(1, 64), 4, 64, torch.bfloat16)
+    # (about a second of CPU) on its own; both inputs it takes (bfloat16 bits, float32).
+    for dtype in (torch.bfloat16, torch.float32):
+        _quantize_pack(torch.zeros(1, 64, dtype=dtype), 4, 64, torch.bfloat16)
     _FORK_JOB = (job, tensors)
     try:
         context = multiprocessing.get_context("fork")
