@@ -32,6 +32,8 @@ CLUSTERS_PER_UNIT = 8
 # 90th percentile (worst-case minus the few outliers that max lets dominate a whole stack).
 AGGREGATIONS = ("max", "mean", "q90")
 CLUSTER_FEATURES = ["norm", "std", "kurtosis"]
+# The columns that name an expert matrix in every table.
+IDENT = ["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]
 
 
 def cluster_experts(stats, k=CLUSTERS_PER_UNIT, seed=0):
@@ -55,9 +57,6 @@ def cluster_experts(stats, k=CLUSTERS_PER_UNIT, seed=0):
         members = np.flatnonzero(km.labels_ == label)
         reps[label] = int(members[np.argmin(distance[members])])
     return km.labels_, reps, distance
-
-
-IDENT = ["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]
 
 
 def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True, clip=False):
