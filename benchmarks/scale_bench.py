@@ -147,6 +147,7 @@ def stage_rates(ckpt, args):
         f"sampled RD + features ({args.sample_rows} rows)": lambda w, k: analyze.measure_sampled(w, args.sample_rows, k, dtype, spectral=False),
     }
     for label, fn in stages.items():
+        fn(mats[0], "bench/warm-up")  # numba's first call (loading its cached kernels) is start-up, not rate
         t0 = time.perf_counter()
         for i, w in enumerate(mats):
             fn(w, f"bench/{i}")

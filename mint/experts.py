@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.cluster import KMeans
 from tqdm import tqdm
 
@@ -31,6 +32,8 @@ CLUSTERS_PER_UNIT = 8
 # 90th percentile (worst-case minus the few outliers that max lets dominate a whole stack).
 AGGREGATIONS = ("max", "mean", "q90")
 CLUSTER_FEATURES = ["norm", "std", "kurtosis"]
+# The columns that name an expert matrix in every table.
+IDENT = ["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]
 
 
 def cluster_experts(stats, k=CLUSTERS_PER_UNIT, seed=0):
@@ -71,22 +74,21 @@ def measure_representatives(ckpt, stats, k, seed, spectral=True, progress=True, 
     for unit, members in tqdm(units, desc="cluster experts", unit="unit", disable=not progress):
         members = members.sort_values("expert").reset_index(drop=True)
         labels, reps, distance = cluster_experts(members, k, seed)
+        # Plain records, not pandas rows: indexing a row per member cost more than measuring.
+        idents = members[IDENT].to_dict("records")
+        values = members[CLUSTER_FEATURES].to_dict("records")
         curves = {}
         for label, pos in reps.items():
-            row = members.iloc[pos]
-            ref = refs[(unit, row["tensor"])]
-            w = read_matrix(ckpt, ref, int(row["expert"]))
+            ident = idents[pos]
+            w = read_matrix(ckpt, refs[(unit, ident["tensor"])], int(ident["expert"]))
             curves[label] = rd_rows(w, default_dtype16(ckpt), clip=clip)
-            feats.append(dict(row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]],
-                              analyzed=True, **tensor_features(w, spectral=spectral)))
-        for pos, row in members.iterrows():
+            feats.append(dict(ident, analyzed=True, **tensor_features(w, spectral=spectral)))
+        for pos, ident in enumerate(idents):
             label = int(labels[pos])
-            rep = members.iloc[reps[label]]
-            clusters.append(dict(unit=unit, layer=row["layer"], proj=row["proj"], expert=int(row["expert"]),
-                                 cluster=label, representative=int(rep["expert"]),
+            clusters.append(dict(unit=unit, layer=ident["layer"], proj=ident["proj"], expert=int(ident["expert"]),
+                                 cluster=label, representative=int(idents[reps[label]]["expert"]),
                                  is_representative=reps[label] == pos, distance=float(distance[pos]),
-                                 **{f: row[f] for f in CLUSTER_FEATURES}))
-            ident = row[["tensor", "shard", "unit", "role", "layer", "expert", "proj", "n_params"]].to_dict()
+                                 **values[pos]))
             rd.extend(dict(ident, **point) for point in curves[label])
     return pd.DataFrame(clusters), pd.DataFrame(rd), pd.DataFrame(feats)
 
@@ -151,7 +153,14 @@ def build_units(checkpoint, analysis_dir, out_dir, k=CLUSTERS_PER_UNIT, seed=0, 
     clusters = pd.DataFrame(columns=["unit", "layer", "proj", "expert", "cluster", "representative",
                                      "is_representative", "distance", *CLUSTER_FEATURES])
     if len(pending):
-        clusters, rep_rd, rep_feats = measure_representatives(ckpt, pending, k, seed, spectral, clip=clip)
+        # One torch thread: the tensors here are small (1 MiB chunks, one expert), and on a shared
+        # machine two OpenMP threads per op waited on each other (2.8-3.9x slower, load 4.4).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            clusters, rep_rd, rep_feats = measure_representatives(ckpt, pending, k, seed, spectral, clip=clip)
+        finally:
+            torch.set_num_threads(threads)
         rd = pd.concat([rd, rep_rd], ignore_index=True)
         features = pd.concat([features[features["analyzed"]], rep_feats], ignore_index=True)
     units = aggregate_units(rd, aggregation)

@@ -488,7 +488,9 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
 def _quantize_pack(w, bits, group, dtype16):
     """`pack(*quantize(w, ...))` through the compiled kernel: the same words, scales and biases."""
     rows, cols = w.shape
-    x = w.float().contiguous().numpy()
+    # bfloat16 goes in as its bit patterns (widened in the kernel): one pass less over the tensor.
+    x = (w.contiguous().view(torch.int16).numpy().view(np.uint16) if w.dtype == torch.bfloat16
+         else w.float().contiguous().numpy())
     words = np.empty((rows, cols * bits // 32), dtype=np.uint32)
     scales = np.empty((rows, cols // group), dtype=np.float32)
     biases = np.empty((rows, cols // group), dtype=np.float32)
@@ -513,8 +515,15 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
     if workers > 1 and len(tensors) > 1 and rounding == "minmax" and "fork" in multiprocessing.get_all_start_methods():
         _write_forked(job, tensors, workers, progress)
         return
-    for name in tqdm(tensors, total=len(tensors), desc="export", unit="tensor", disable=not progress):
-        _write_tensor(job, name, tensors[name])
+    # One torch thread, as in each forked worker: the compiled kernel is single-threaded, and on a
+    # shared machine torch's second OpenMP thread made the conversions 10-40x slower (measured).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in tqdm(tensors, total=len(tensors), desc="export", unit="tensor", disable=not progress):
+            _write_tensor(job, name, tensors[name])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _write_tensor(job, name, refs):
@@ -564,8 +573,9 @@ def _write_forked(job, tensors, workers, progress):
     global _FORK_JOB
     order = sorted(tensors, key=lambda n: -sum(r.numel for r in tensors[n]))
     # Load the compiled kernel here, once: each worker would otherwise pay numba's first-call set-up
-    # (about a second of CPU) on its own.
-    _quantize_pack(torch.zeros(1, 64), 4, 64, torch.bfloat16)
+    # (about a second of CPU) on its own; both inputs it takes (bfloat16 bits, float32).
+    for dtype in (torch.bfloat16, torch.float32):
+        _quantize_pack(torch.zeros(1, 64, dtype=dtype), 4, 64, torch.bfloat16)
     _FORK_JOB = (job, tensors)
     try:
         context = multiprocessing.get_context("fork")

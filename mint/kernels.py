@@ -33,6 +33,20 @@ BFLOAT16 = (8, -126, 3.3895313892515355e38)
 
 
 @njit(cache=True, nogil=True)
+def row_float32(x, r, buf):
+    """Row `r` of `x` as float32 in `buf`: bfloat16 given as its uint16 bit patterns is widened
+    exactly (its bits are float32's upper half), so no float32 copy of the tensor is made first."""
+    if x.itemsize == 2:  # bfloat16 bits (both branches must type for either dtype)
+        bits = buf.view(np.uint32)
+        for j in range(x.shape[1]):
+            bits[j] = np.uint32(x[r, j]) << np.uint32(16)
+    else:
+        for j in range(x.shape[1]):
+            buf[j] = x[r, j]
+    return buf
+
+
+@njit(cache=True, nogil=True)
 def round16(a, digits, min_exp, largest):
     """Round every float32 of the contiguous array `a` in place to the nearest 16-bit value (ties to
     even), as torch's `.to(dtype)` does; values stay float32. `a` must be finite.
@@ -113,7 +127,8 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
     """Add each row's squared quantization error at every (group size, bit width) to `out`.
 
     Args:
-        x: float32 [rows, cols], finite; every group size divides cols, the first divides the others.
+        x: float32 [rows, cols], finite, or bfloat16 as uint16 bit patterns (`row_float32`); every
+            group size divides cols, the first divides the others.
         group_sizes: int64 [n_groups], ascending.
         levels: float32 [n_bits], 2**bits - 1 (the same bit widths for every group size).
         digits, min_exp, largest: the 16-bit storage dtype (FLOAT16 or BFLOAT16).
@@ -124,7 +139,7 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
     n_bits = levels.shape[0]
     base = group_sizes[0]
     for r in prange(rows):
-        row = x[r]
+        row = row_float32(x, r, np.empty(cols, np.float32))
         lo = np.empty(cols // base, np.float32)
         hi = np.empty(cols // base, np.float32)
         _ranges(row, base, lo, hi)
@@ -158,7 +173,8 @@ def quantize_pack(x, group_size, bits, digits, min_exp, largest, words, scales, 
     and biases rounded to the 16-bit dtype (held in float32), the same values as the torch path's.
 
     Args:
-        x: float32 [rows, cols], finite, cols a multiple of 32 and of group_size.
+        x: float32 [rows, cols], finite, cols a multiple of 32 and of group_size; or bfloat16 as
+            uint16 bit patterns (`row_float32`).
         words: uint32 [rows, cols * bits / 32], written (element j of a row in bits [j*bits, (j+1)*bits)
             of the row's little-endian bit stream).
         scales, biases: float32 [rows, cols / group_size], written.
@@ -167,8 +183,9 @@ def quantize_pack(x, group_size, bits, digits, min_exp, largest, words, scales, 
     n_groups = cols // group_size
     levels = np.float32(2**bits - 1)
     codes = np.empty(group_size, np.uint32)
+    buf = np.empty(cols, np.float32)
     for r in range(rows):
-        row = x[r]
+        row = row_float32(x, r, buf)
         _ranges(row, group_size, biases[r], scales[r])  # minima, maxima
         for k in range(n_groups):
             scales[r, k] = (scales[r, k] - biases[r, k]) / levels

@@ -272,6 +272,31 @@ def test_fused_errors_equal_brute_force():
         assert err == pytest.approx(float((w_hat - w.float()).double().square().sum()), rel=1e-12)
 
 
+def test_bfloat16_bits_input_equals_float32_input():
+    """bfloat16 weights enter the kernels as their bit patterns: the same errors, words, scales and
+    biases as their float32 values, subnormals, negative zero and the largest values included."""
+    import numpy as np
+
+    from mint import kernels
+
+    w = _heavy_tailed_with_constant_groups(24, 256, seed=3)
+    w[2, :8] = torch.tensor([1e-40, -1e-39, -0.0, 0.0, 1e38, -1e38, 1e-38, 5.0])
+    w = w.bfloat16()
+    bits = w.view(torch.int16).numpy().view(np.uint16)
+    for scale_dtype in (torch.bfloat16, torch.float16):  # float16 scales of row 2 overflow: NaN both ways
+        a, b = (qz.squared_errors(x, scale_dtype=scale_dtype, per_row=True)[0] for x in (w, w.float()))
+        assert np.array_equal(a.numpy(), b.numpy(), equal_nan=True)
+    for bits_, g in ((4, 64), (3, 32)):
+        outs = []
+        for x in (bits, w.float().numpy()):
+            words = np.empty((24, 256 * bits_ // 32), np.uint32)
+            scales, biases = np.empty((24, 256 // g), np.float32), np.empty((24, 256 // g), np.float32)
+            kernels.quantize_pack(x, g, bits_, *kernels.BFLOAT16, words, scales, biases)
+            outs.append((words, scales, biases))
+        for a, b in zip(*outs):
+            assert np.array_equal(a, b)
+
+
 def test_fused_errors_do_not_depend_on_threads():
     w = _heavy_tailed_with_constant_groups(64, 128, seed=9)
     threads = torch.get_num_threads()
