@@ -174,29 +174,51 @@ def weights_bytes(model_dir):
 
 
 @torch.inference_mode()
+def empty_scores(n, seq_len, with_reference):
+    """Per-window score arrays for `n` windows of `seq_len` tokens (each predicts seq_len - 1)."""
+    out = {"nll_sum": np.zeros(n), "n_tokens": np.full(n, seq_len - 1, dtype=np.int64)}
+    if with_reference:
+        out.update(ref_nll_sum=np.zeros(n), kld_sum=np.zeros(n), top1_agree=np.zeros(n, dtype=np.int64))
+    return out
+
+
+def score_window(scores, i, window, logits, ref_logits=None, dtype=torch.float32):
+    """Fill window `i` of `scores` from the logits [seq_len, vocab] of `window` (and the reference's),
+    with log-softmax in `dtype`: every token but the first is predicted from those before it."""
+    target = torch.as_tensor(window)[1:]
+    logp = torch.log_softmax(logits[:-1].to(dtype), dim=-1)
+    scores["nll_sum"][i] = -logp.gather(1, target[:, None]).sum().item()
+    if ref_logits is not None:
+        ref_logp = torch.log_softmax(ref_logits[:-1].to(dtype), dim=-1)
+        scores["ref_nll_sum"][i] = -ref_logp.gather(1, target[:, None]).sum().item()
+        # KL(P_ref || P) = sum_v p_ref (log p_ref - log p), summed over the window's positions.
+        scores["kld_sum"][i] = (ref_logp.exp() * (ref_logp - logp)).sum().item()
+        scores["top1_agree"][i] = (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
+
+
+def reference_statistics(scores, per_window):
+    """KLD, top-1 agreement, the reference's own summary and the paired comparison, from the scores
+    of a run against a reference."""
+    n_tok = scores["n_tokens"].sum()
+    return {"kld_mean": float(scores["kld_sum"].sum() / n_tok),
+            "top1_agree": float(scores["top1_agree"].sum() / n_tok),
+            "reference": summarize(scores["ref_nll_sum"], scores["n_tokens"]),
+            "paired": paired_comparison({**per_window, "nll_sum": scores["ref_nll_sum"]}, per_window)}
+
+
 def score_windows(model, windows, batch_size=8, reference=None, progress=False):
     """Per-window NLL sums (and, with a reference model, KLD sums, top-1 agreements and the
     reference's NLL sums), computed one window's logits at a time after each batch's forward."""
     from tqdm import tqdm
 
     n, seq_len = windows.shape
-    out = {"nll_sum": np.zeros(n), "n_tokens": np.full(n, seq_len - 1, dtype=np.int64)}
-    if reference is not None:
-        out.update(ref_nll_sum=np.zeros(n), kld_sum=np.zeros(n), top1_agree=np.zeros(n, dtype=np.int64))
+    out = empty_scores(n, seq_len, reference is not None)
     for i in tqdm(range(0, n, batch_size), disable=not progress, desc="windows", mininterval=5):
         x = windows[i:i + batch_size]
         logits = model(input_ids=x).logits
         ref_logits = reference(input_ids=x).logits if reference is not None else None
         for j in range(len(x)):
-            target = x[j, 1:]
-            logp = torch.log_softmax(logits[j, :-1].float(), dim=-1)
-            out["nll_sum"][i + j] = -logp.gather(1, target[:, None]).sum().item()
-            if reference is not None:
-                ref_logp = torch.log_softmax(ref_logits[j, :-1].float(), dim=-1)
-                out["ref_nll_sum"][i + j] = -ref_logp.gather(1, target[:, None]).sum().item()
-                # KL(P_ref || P) = sum_v p_ref (log p_ref - log p), summed over the window's positions.
-                out["kld_sum"][i + j] = (ref_logp.exp() * (ref_logp - logp)).sum().item()
-                out["top1_agree"][i + j] = (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
+            score_window(out, i + j, x[j], logits[j], None if ref_logits is None else ref_logits[j])
     return out
 
 
@@ -257,12 +279,7 @@ def evaluate(model_dir, reference_dir=None, seq_len=None, windows=None, batch_si
         "params": sum(p.numel() for p in model.parameters()),
     }
     if reference is not None:
-        n_tok = scores["n_tokens"].sum()
-        result["kld_mean"] = float(scores["kld_sum"].sum() / n_tok)
-        result["top1_agree"] = float(scores["top1_agree"].sum() / n_tok)
-        result["reference"] = summarize(scores["ref_nll_sum"], scores["n_tokens"])
-        ref_windows = {**per_window, "nll_sum": scores["ref_nll_sum"]}
-        result["paired"] = paired_comparison(ref_windows, per_window)
+        result.update(reference_statistics(scores, per_window))
     result["windows"] = per_window
     return result
 

@@ -410,14 +410,25 @@ def mlx_config(ckpt, quantization):
     return dict(sorted(cfg.items()))
 
 
+def _shifted_norm(family, name, w):
+    """Whether `w` is a norm weight the family's mlx-lm model stores plus one (Family.mlx_norm_shift)."""
+    return w.dim() == 1 and any(name.endswith(s) for s in family.mlx_norm_shift)
+
+
+def _moved_conv(family, name, w, kernel_axis):
+    """Whether `w` is a conv1d weight whose axes mlx-lm's model swaps (Family.mlx_conv_axes); a kernel
+    of width 1 on `kernel_axis` is the same either way."""
+    return family.mlx_conv_axes and name.endswith("conv1d.weight") and w.dim() == 3 and w.shape[kernel_axis] != 1
+
+
 def mlx_parameter(family, name, w):
     """A 16-bit parameter as the MLX folder stores it: the family's norm shift and conv axes
     (Family.mlx_norm_shift, mlx_conv_axes), which mlx-lm's sanitize() skips on a stacked export."""
     if family is None:
         return w
-    if w.dim() == 1 and any(name.endswith(s) for s in family.mlx_norm_shift):
+    if _shifted_norm(family, name, w):
         return w + 1.0
-    if family.mlx_conv_axes and name.endswith("conv1d.weight") and w.dim() == 3 and w.shape[-1] != 1:
+    if _moved_conv(family, name, w, kernel_axis=-1):
         return w.transpose(1, 2)
     return w
 
@@ -427,9 +438,9 @@ def hf_parameter(family, name, w_mlx):
     dequantized folder must hold for transformers to compute what mlx-lm computes."""
     if family is None:
         return w_mlx
-    if w_mlx.dim() == 1 and any(name.endswith(s) for s in family.mlx_norm_shift):
+    if _shifted_norm(family, name, w_mlx):
         return w_mlx - 1.0
-    if family.mlx_conv_axes and name.endswith("conv1d.weight") and w_mlx.dim() == 3 and w_mlx.shape[1] != 1:
+    if _moved_conv(family, name, w_mlx, kernel_axis=1):
         return w_mlx.transpose(1, 2)
     return w_mlx
 

@@ -587,7 +587,7 @@ def evaluate_gguf(path, tokenizer_dir, reference=None, seq_len=512, windows=None
     from transformers import AutoTokenizer
 
     from mint import data
-    from mint.evaluate import make_windows, paired_comparison, summarize
+    from mint.evaluate import empty_scores, make_windows, reference_statistics, score_window, summarize
 
     model = open_llama(path, seq_len, threads)
     ref = open_llama(reference, seq_len, threads) if reference else None
@@ -595,18 +595,11 @@ def evaluate_gguf(path, tokenizer_dir, reference=None, seq_len=512, windows=None
     ids = tokenizer(data.load_eval_text(text), add_special_tokens=False)["input_ids"]
     x, index, total = make_windows(ids, seq_len, windows, seed)
     n = len(x)
-    scores = {"nll_sum": np.zeros(n), "n_tokens": np.full(n, seq_len - 1, dtype=np.int64)}
-    if ref is not None:
-        scores.update(ref_nll_sum=np.zeros(n), kld_sum=np.zeros(n), top1_agree=np.zeros(n, dtype=np.int64))
+    scores = empty_scores(n, seq_len, ref is not None)
     for i in tqdm(range(n), desc="windows (llama.cpp)", disable=not progress, mininterval=5):
-        target = x[i, 1:]
-        logp = torch.log_softmax(torch.from_numpy(window_logits(model, x[i].tolist()))[:-1].double(), -1)
-        scores["nll_sum"][i] = -logp.gather(1, target[:, None]).sum().item()
-        if ref is not None:
-            ref_logp = torch.log_softmax(torch.from_numpy(window_logits(ref, x[i].tolist()))[:-1].double(), -1)
-            scores["ref_nll_sum"][i] = -ref_logp.gather(1, target[:, None]).sum().item()
-            scores["kld_sum"][i] = (ref_logp.exp() * (ref_logp - logp)).sum().item()
-            scores["top1_agree"][i] = (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
+        logits = torch.from_numpy(window_logits(model, x[i].tolist()))
+        ref_logits = torch.from_numpy(window_logits(ref, x[i].tolist())) if ref is not None else None
+        score_window(scores, i, x[i], logits, ref_logits, dtype=torch.float64)
     model.close()
     per_window = {"window_index": index, "window_start": index * seq_len, **scores}
     size = Path(path).stat().st_size
@@ -616,11 +609,7 @@ def evaluate_gguf(path, tokenizer_dir, reference=None, seq_len=512, windows=None
               "weights_size_bytes": size, "weights_size_gib": size / 1024**3}
     if ref is not None:
         ref.close()
-        n_tok = scores["n_tokens"].sum()
-        result["kld_mean"] = float(scores["kld_sum"].sum() / n_tok)
-        result["top1_agree"] = float(scores["top1_agree"].sum() / n_tok)
-        result["reference"] = summarize(scores["ref_nll_sum"], scores["n_tokens"])
-        result["paired"] = paired_comparison({**per_window, "nll_sum": scores["ref_nll_sum"]}, per_window)
+        result.update(reference_statistics(scores, per_window))
     result["windows"] = per_window
     return result
 
