@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.cluster import KMeans
 from tqdm import tqdm
 
-from mint import quantizer
+from mint import kernels, quantizer
+from mint.allocate import config_columns
 from mint.analyze import TableError, load_rules, rd_rows, read_matrix, read_parquet, tensor_features, write_parquet
 from mint.checkpoint import Checkpoint, CheckpointError, default_dtype16
 
@@ -105,7 +105,7 @@ def aggregate_units(rd, aggregation="max"):
     rd = rd.assign(weighted=rd["nrmse"] * rd["n_params"], clip=clip)
     members = rd.groupby("unit", sort=False)["expert"].nunique().rename("n_members")
     # A GGUF option is named by its ggml type (Q4_0, Q4_1 and IQ4_NL are all 4-bit blocks of 32).
-    keys = ["unit", "bits", "group_size", *(["ggml_type"] if "ggml_type" in rd.columns else [])]
+    keys = ["unit", *config_columns(rd)]
     grouped = rd.groupby(keys, sort=False)
     units = grouped.agg(role=("role", "first"), layer=("layer", "first"), n_params=("n_params", "sum"),
                         n_rows=("expert", "size"), bytes=("bytes", "sum"), nrmse=("nrmse", "max"),
@@ -153,14 +153,9 @@ def build_units(checkpoint, analysis_dir, out_dir, k=CLUSTERS_PER_UNIT, seed=0, 
     clusters = pd.DataFrame(columns=["unit", "layer", "proj", "expert", "cluster", "representative",
                                      "is_representative", "distance", *CLUSTER_FEATURES])
     if len(pending):
-        # One torch thread: the tensors here are small (1 MiB chunks, one expert), and on a shared
-        # machine two OpenMP threads per op waited on each other (2.8-3.9x slower, load 4.4).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        # One torch thread: the tensors here are small (1 MiB chunks, one expert).
+        with kernels.one_torch_thread():
             clusters, rep_rd, rep_feats = measure_representatives(ckpt, pending, k, seed, spectral, clip=clip)
-        finally:
-            torch.set_num_threads(threads)
         rd = pd.concat([rd, rep_rd], ignore_index=True)
         features = pd.concat([features[features["analyzed"]], rep_feats], ignore_index=True)
     units = aggregate_units(rd, aggregation)

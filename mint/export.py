@@ -526,15 +526,10 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
     if workers > 1 and len(tensors) > 1 and rounding == "minmax" and "fork" in multiprocessing.get_all_start_methods():
         _write_forked(job, tensors, workers, progress)
         return
-    # One torch thread, as in each forked worker: the compiled kernel is single-threaded, and on a
-    # shared machine torch's second OpenMP thread made the conversions 10-40x slower (measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    # One torch thread, as in each forked worker (kernels.one_torch_thread says why).
+    with kernels.one_torch_thread():
         for name in tqdm(tensors, total=len(tensors), desc="export", unit="tensor", disable=not progress):
             _write_tensor(job, name, tensors[name])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _write_tensor(job, name, refs):
