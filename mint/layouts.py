@@ -241,8 +241,6 @@ LLAMA4 = Layout(
 )
 
 
-
-
 def _kept_float(pattern):
     """A rule for a matrix the runtime cannot quantize: role "other", so it stays in 16 bits under
     its own parameter path (mlx-lm loads `<module>.weight` into the float module as it is)."""

@@ -85,27 +85,28 @@ def _config(arch, *, num_experts, num_layers, hidden, intermediate, vocab):
     raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
 
 
-def _fan_in(name, param, arch):
-    """Input dimension of a weight: Llama-4 stores its fused experts as [E, in, out]."""
-    if arch == "llama4" and param.dim() == 3:
-        return param.shape[-2]
-    return param.shape[-1]
-
-
 @torch.no_grad()
-def randomize(model, arch, seed=0):
-    """Refill every parameter of `model` with seeded, well-scaled random values (see INIT_STD)."""
+def _randomize(model, seed, experts_in_out):
+    """Refill every parameter of `model` with seeded, well-scaled random values (see INIT_STD): norms
+    near 1, biases near 0, embeddings at INIT_STD, matrices at INIT_STD / sqrt(fan-in), where
+    `experts_in_out` says fused experts are stored [E, in, out] (fan-in on axis -2)."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
         if p.dim() == 1:
-            value = noise * NORM_JITTER + (0.0 if name.endswith(".bias") else 1.0)
-        elif "embed_tokens" in name:
+            value = noise * NORM_JITTER + (0.0 if name.endswith("bias") else 1.0)
+        elif "embed" in name or "wte" in name:
             value = noise * INIT_STD
         else:
-            value = noise * (INIT_STD / math.sqrt(_fan_in(name, p, arch)))
+            fan_in = p.shape[-2] if experts_in_out and p.dim() == 3 and "experts" in name else p.shape[-1]
+            value = noise * (INIT_STD / math.sqrt(fan_in))
         p.copy_(value.to(p.dtype))
     return model
+
+
+def randomize(model, arch, seed=0):
+    """`_randomize` for the tiny models of `make_tiny_checkpoint` (Llama-4 stores experts [E, in, out])."""
+    return _randomize(model, seed, experts_in_out=arch == "llama4")
 
 
 def make_tiny_checkpoint(
@@ -270,22 +271,9 @@ def family_config(family, **overrides):
     return getattr(transformers, config_name)(**kwargs), getattr(transformers, model_name)
 
 
-@torch.no_grad()
 def randomize_family(model, family, seed=0):
-    """`randomize` for a family model: experts stored [E, in, out] take their fan-in from axis -2."""
-    transposed = FAMILY_CONFIGS[family][3]
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-        if p.dim() == 1:
-            value = noise * NORM_JITTER + (0.0 if name.endswith("bias") else 1.0)
-        elif "embed" in name or "wte" in name:
-            value = noise * INIT_STD
-        else:
-            fan_in = p.shape[-2] if transposed and p.dim() == 3 and "experts" in name else p.shape[-1]
-            value = noise * (INIT_STD / math.sqrt(fan_in))
-        p.copy_(value.to(p.dtype))
-    return model
+    """`_randomize` for a family model: its FAMILY_CONFIGS entry says whether experts are [E, in, out]."""
+    return _randomize(model, seed, experts_in_out=FAMILY_CONFIGS[family][3])
 
 
 def make_tiny_family(family, path, *, seed=0, dtype=torch.bfloat16, **overrides) -> Path:
