@@ -6,8 +6,8 @@ Mixtral's per-expert `block_sparse_moe.experts.{e}.w{1,2,3}`, Qwen's `mlp.expert
 Llama 4's stacked `feed_forward.experts.gate_up_proj`) and then measures them with METHOD.md §5:
 
     mini-mixtral    MixtralForCausalLM     8 experts, top-2
-    mini-qwen2moe   Qwen2MoeForCausalLM    60 routed experts, top-4, plus a gated shared expert
-    mini-qwen3moe   Qwen3MoeForCausalLM    64 experts, top-8
+    mini-qwen2moe   Qwen2MoeForCausalLM    40 routed experts, top-4, plus a gated shared expert
+    mini-qwen3moe   Qwen3MoeForCausalLM    40 experts, top-4
     mini-llama4     Llama4ForCausalLM      16 experts, top-1, plus a shared expert (Llama4TextConfig)
 
 All share one byte-level BPE tokenizer trained on the training corpus plus WikiText-2 valid (never the
@@ -17,7 +17,7 @@ logged to `train_log.csv`. Output: `save_pretrained` in
 bf16 safetensors, the tokenizer, `train_log.csv` and `train_meta.json`.
 
 Recipes are plain dicts in `RECIPES[profile][model]`; `quick` takes seconds (tests), `full` is sized
-for about 40 minutes for all four on a 2-core machine. Every key can be overridden by a config dict.
+for about 30 minutes for all four on a 2-core machine (two at a time). Every key can be overridden by a config dict.
 """
 
 import argparse
@@ -68,7 +68,7 @@ MODELS = tuple(ARCHS)
 
 # Keys shared by all models of a profile (training, data, tokenizer).
 _TRAIN_FULL = {
-    "vocab_size": 8192,  # BPE vocabulary, shared by all four models
+    "vocab_size": 1024,  # BPE vocabulary, shared by all four models
     "tokenizer_chars": None,  # characters of each corpus used to train the tokenizer (None: all)
     "train_chars": None,  # characters of the Gutenberg corpus used for training (None: all, 2.46M tokens)
     "seq_len": 512,  # tokens per training window = config.yaml's evaluation length
@@ -96,49 +96,47 @@ _TRAIN_FULL = {
     "max_position_embeddings": 2048,
 }
 
-# Model shapes of the full profile: small models trained on many tokens per parameter, because
-# quantization sensitivity grows with tokens per parameter (tiny models trained on ~1M tokens moved
-# perplexity by <0.3% at 3-4 bits).
+# Model shapes of the full profile (issue 15): every weight row is a multiple of 256 (hidden 256, expert
+# width 256, 8 heads x 32), so llama.cpp's k-quants apply and the GGUF comparison shares these models;
+# a 1,024-token vocabulary keeps embeddings and head a small share (13% of mini-mixtral, 3-7% of the
+# others; real MoEs: a few percent); two layers, so that each model sees many tokens per parameter in
+# its training time, because quantization sensitivity grows with tokens per parameter (SENSITIVITY_NOTE).
+_WIDE = {"hidden_size": 256, "num_layers": 2, "num_heads": 8, "num_kv_heads": 4, "head_dim": 32,
+         "expert_intermediate_size": 256}
 _SHAPES_FULL = {
-    "mini-mixtral": {
-        "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
-        "num_experts": 8, "top_k": 2, "expert_intermediate_size": 256, "shared_intermediate_size": 0,
-    },
-    "mini-qwen2moe": {
-        # Qwen1.5-MoE: 60 experts, top-4, shared expert 4x an expert's width, behind a sigmoid gate.
-        "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
-        "num_experts": 60, "top_k": 4, "expert_intermediate_size": 128, "shared_intermediate_size": 512,
-    },
-    "mini-qwen3moe": {
-        "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
-        "num_experts": 64, "top_k": 8, "expert_intermediate_size": 128, "shared_intermediate_size": 0,
-    },
-    "mini-llama4": {
-        # Llama 4 uses one `intermediate_size` for the routed experts and the shared expert.
-        "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
-        "num_experts": 16, "top_k": 1, "expert_intermediate_size": 256, "shared_intermediate_size": 256,
-    },
+    "mini-mixtral": {**_WIDE, "num_experts": 8, "top_k": 2, "shared_intermediate_size": 0},
+    # Qwen1.5-MoE: many fine experts, top-4, a shared expert 2x an expert's width behind a sigmoid
+    # gate. 40 experts (> 32, so the clustered path runs) rather than 60, for training time.
+    "mini-qwen2moe": {**_WIDE, "num_experts": 40, "top_k": 4, "shared_intermediate_size": 512},
+    # Qwen3-MoE: many fine experts, no shared expert; 40 top-4 rather than 128 top-8, for training time.
+    "mini-qwen3moe": {**_WIDE, "num_experts": 40, "top_k": 4, "shared_intermediate_size": 0},
+    # Llama 4 uses one `intermediate_size` for the routed experts and the shared expert.
+    "mini-llama4": {**_WIDE, "num_experts": 16, "top_k": 1, "shared_intermediate_size": 256},
 }
 
-# FULL_STEPS_NOTE: target 40 min = 2,400 s for the four models, equal wall time each (models with more
-# active experts see fewer tokens). Per model ~30 s go to tokenizer training, tokenization and saving and
-# ~15-20 s to validation (every 100 steps, 64 windows), leaving ~555 s of training:
-# steps = 555 s * planned tok/s / 2,048 tokens per step:
-#   mixtral  555*2500/2048 = 677 -> 680 steps, 1.39M tokens (0.26 tokens/param), ~10.1 min
-#   qwen2moe 555*2000/2048 = 542 -> 540 steps, 1.11M tokens (0.07 tokens/param), ~10.0 min
-#   qwen3moe 555*1250/2048 = 339 -> 340 steps, 0.70M tokens (0.05 tokens/param), ~10.1 min
-#   llama4   555*2500/2048 = 677 -> 680 steps, 1.39M tokens (0.15 tokens/param), ~10.1 min
-# (per routed expert: mixtral 0.35M tokens, qwen2moe 74k, qwen3moe 87k, llama4 87k.)
-_STEPS_FULL = {"mini-mixtral": 680, "mini-qwen2moe": 540, "mini-qwen3moe": 340, "mini-llama4": 680}
-# SENSITIVITY_NOTE (measured once on an H200 with --device cuda and these recipes, uniform RTN at g64 of
-# every weight but embeddings and head, 64 windows of 512, change of log perplexity +- its paired se):
+# FULL_STEPS_NOTE: about 14 minutes of training per model, two models at a time on 2 cores (so ~30 min
+# for the four). `measure_throughput(name, steps=8)` on a quiet 2-core box (2026-12-06), one thread:
+#                  params   probe tok/s   planned tok/s (two jobs share the memory bus: -15%)
+#   mini-mixtral    4.07M      7,089          6,000
+#   mini-qwen2moe  17.46M      3,788          3,200
+#   mini-qwen3moe  16.67M      3,818          3,200
+#   mini-llama4     7.61M      7,171          6,000
+# steps = 840 s * planned tok/s / 2,048 tokens per step:
+#   mixtral  2,460 steps, 5.0M tokens (1.24 tokens/param; 1.26M per expert)
+#   qwen2moe 1,310 steps, 2.7M tokens (0.15 tokens/param; 268k per routed expert)
+#   qwen3moe 1,310 steps, 2.7M tokens (0.16 tokens/param; 268k per expert)
+#   llama4   2,460 steps, 5.0M tokens (0.66 tokens/param; 315k per routed expert)
+_STEPS_FULL = {"mini-mixtral": 2460, "mini-qwen2moe": 1310, "mini-qwen3moe": 1310, "mini-llama4": 2460}
+# SENSITIVITY_NOTE (the previous, hidden-128 recipes, measured once on an H200 with --device cuda,
+# uniform RTN at g64 of every weight but embeddings and head, 64 windows of 512, change of log
+# perplexity +- its paired se):
 #   model     steps  tokens/param  bf16 PPL   4-bit             3-bit             KLD 4-bit / 3-bit
 #   mixtral    680       0.26        400.5    +0.22% +- 0.05    +0.24% +- 0.06    0.0022 / 0.0050
 #   qwen3moe   340       0.05        538.8    -0.26% +- 0.05    -0.04% +- 0.08    0.0012 / 0.0032
 #   llama4     680       0.15        381.8    +0.15% +- 0.04    +1.05% +- 0.13    0.0029 / 0.0140
 #   mixtral   2720       1.02        214.6    +0.72% +- 0.11    +2.30% +- 0.22    0.0113 / 0.0422
-# So at 40 minutes the models barely react to 3-4 bits (qwen3moe not at all); 4x the tokens makes
-# mini-mixtral ~10x more sensitive. Give the steps more time (or a GPU) where the budget allows.
+# 4x the tokens made mini-mixtral ~10x more sensitive. The current recipes' figures are in the README
+# (reference models table), measured by the pipeline's own uniform baselines.
 
 _TRAIN_QUICK = {
     **_TRAIN_FULL,
@@ -160,7 +158,9 @@ RECIPES = {
         name: {**_TRAIN_FULL, **shape, "steps": _STEPS_FULL[name]} for name, shape in _SHAPES_FULL.items()
     },
     "quick": {
-        name: {**_TRAIN_QUICK, **shape, "num_layers": 2, "expert_intermediate_size": 128,
+        # Narrower than `full` (hidden 128, 4 heads): the quick profile only has to run, fast.
+        name: {**_TRAIN_QUICK, **shape, "hidden_size": 128, "num_heads": 4, "num_kv_heads": 2,
+               "num_layers": 2, "expert_intermediate_size": 128,
                "shared_intermediate_size": 128 if shape["shared_intermediate_size"] else 0}
         for name, shape in _SHAPES_FULL.items()
     },

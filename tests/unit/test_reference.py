@@ -16,8 +16,8 @@ EXPECTED_CLASS = {
 # One stacked-or-per-expert weight name per model, as the hub checkpoints of the real models spell it.
 EXPECTED_KEY = {
     "mini-mixtral": "model.layers.0.block_sparse_moe.experts.7.w1.weight",
-    "mini-qwen2moe": "model.layers.0.mlp.experts.59.gate_proj.weight",
-    "mini-qwen3moe": "model.layers.0.mlp.experts.63.down_proj.weight",
+    "mini-qwen2moe": "model.layers.0.mlp.experts.39.gate_proj.weight",
+    "mini-qwen3moe": "model.layers.0.mlp.experts.39.down_proj.weight",
     "mini-llama4": "model.layers.0.feed_forward.experts.gate_up_proj",
 }
 
