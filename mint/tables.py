@@ -112,6 +112,7 @@ def _row(model, method, budget, info, size_bytes, n_params, ev, eval_dir):
     if info is not None:
         row.update(solver=info.get("solver"), objective=info.get("objective"), lp_bound=info.get("lp_bound"),
                    gap_rel=info.get("gap_rel"), budget_bytes=info.get("budget_bytes"),
+                   floor_lowered=bool(info.get("floor_lowered", False)),
                    bits=format_bits(info["bit_distribution"]) if "bit_distribution" in info
                    else f"{info.get('bits')}b g{info.get('group_size')} (quantized layers)")
     return row
@@ -179,7 +180,8 @@ def label(row):
         return f"{row['method']} {row['budget']}"
     if row["method"] == "mlx":
         return f"mlx-lm {row['budget']}"
-    return f"{row['method']} @ {row['budget']}"
+    lowered = " (no floor: below min-safe)" if row.get("floor_lowered") in (True,) else ""
+    return f"{row['method']} @ {row['budget']}{lowered}"
 
 
 def status(row, ppl16):

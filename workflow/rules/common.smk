@@ -173,7 +173,13 @@ def get_variant_flags(wildcards):
     flags += [f"--bits {' '.join(map(str, v['bits']))}"] if "bits" in v else []
     flags += [f"--group-sizes {' '.join(map(str, v['group_sizes']))}"] if "group_sizes" in v else []
     flags += [f"--raised-floor {v['raised_floor_db']}"] if "raised_floor_db" in v else []
-    return " ".join(flags)
+    return " ".join(flags + [get_matched_floor_flag(wildcards)])
+
+
+def get_matched_floor_flag(wildcards):
+    """At a baseline's exact size below the method's min-safe size (mlx-lm's mixed_2_6, say), the
+    method drops its SQNR floor rather than fail, and the tables say so: a matched comparison needs a run."""
+    return "--floor-below-min-safe 0" if MATCHED.match(wildcards.budget) else ""
 
 
 def units_analysis(tag):
