@@ -239,7 +239,20 @@ def get_all_experts_tables(wildcards):
 
 
 def compares_clustering(model):
-    return config["models"][model].get("compare_clustering", False) and "mint" in VARIANTS
+    return bool(config["models"][model].get("compare_clustering", False)) and "mint" in VARIANTS
+
+
+def clustering_budgets(model):
+    """The budgets of the clustering comparison: `compare_clustering: true` means all the model's."""
+    chosen = config["models"][model].get("compare_clustering", False)
+    if not compares_clustering(model):
+        return []
+    if chosen is True:
+        return get_budgets(model)
+    unknown = sorted(set(chosen) - set(get_budgets(model)))
+    if unknown:
+        raise ValueError(f"model {model}: compare_clustering names budgets {unknown} the model does not list")
+    return list(chosen)
 
 
 def get_allocations(model):
@@ -284,7 +297,7 @@ def get_evaluations(model):
     runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
     if compares_clustering(model):
-        runs += [("mint-all", b) for b in get_budgets(model)]
+        runs += [("mint-all", b) for b in clustering_budgets(model)]
     runs += [r for r in study_runs(model) if r not in runs]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
 
