@@ -312,6 +312,32 @@ def variants_summary(table):
     return pd.DataFrame(rows)
 
 
+def reference_table(runs, results_dir):
+    """Per reference model trained here: its size, training and how much uniform RTN costs it.
+
+    The sensitivity columns are the perplexity increase of uniform round-to-nearest (every weight
+    but embeddings and head) over the 16-bit model, with the paired log-PPL difference's standard
+    error: how much room for improvement over naive 3-4 bits the model leaves.
+    """
+    rows = []
+    for model, group in runs.groupby("model"):
+        meta_path = Path(results_dir) / model / "checkpoint" / "train_meta.json"
+        if not meta_path.exists():
+            continue
+        meta = _read(meta_path)
+        r = meta["recipe"]
+        bf16 = group[group["method"] == "bf16"].iloc[0]
+        row = dict(model=model, architecture=meta["architecture"], experts=r["num_experts"], top_k=r["top_k"],
+                   params=meta["params"], tokens_seen=meta["tokens_seen"], tokens_per_param=meta["tokens_per_param"],
+                   train_minutes=meta["train_wall_s"] / 60, val_loss=meta["final_val_loss"],
+                   ppl_16bit=bf16["ppl_mean"])
+        for _, u in group[group["method"] == "uniform"].sort_values("budget").iterrows():
+            row[f"uniform_{u['budget']}_ppl_pct"] = 100 * (u["ppl_mean"] / bf16["ppl_mean"] - 1)
+            row[f"uniform_{u['budget']}_se_pct"] = 100 * u["se_vs_bf16"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_table(df, stem, provenance_line):
     """CSV for machines, Markdown for people; both say what made them."""
     with files.replaced(f"{stem}.csv") as tmp:
@@ -354,6 +380,7 @@ def make_tables(results, tables, plots_dir, config="config/config.yaml", faithfu
     write_table(matched_size_table(regular), tables / "matched_size", line)
     write_table(matched_verdicts(regular), tables / "matched_verdicts", line)
     write_table(budget_sweep_table(regular), tables / "budget_sweep", line)
+    write_table(reference_table(regular, results), tables / "reference_models", line)
     write_table(solver_table(runs), tables / "solver", line)
     write_table(clustering_table(runs, results), tables / "clustering", line)
     if faithful and study:

@@ -65,3 +65,25 @@ def test_matched_verdicts_without_matched_runs_is_an_empty_table(tmp_path):
     runs, _, _ = _runs(tmp_path)
     verdicts = tables.matched_verdicts(tables.add_paired(runs.iloc[[0, 5]].reset_index(drop=True)))
     assert len(verdicts) == 0 and "verdict" in verdicts.columns
+
+
+def test_reference_table_reports_each_trained_models_uniform_sensitivity(tmp_path):
+    import json
+
+    runs, base, rows = _runs(tmp_path)
+    uniform = dict(model="m", method="uniform", budget="4bit-g64", size_bytes=900, avg_bits=4.5,
+                   ppl_mean=float(np.exp(base + 0.01).mean()), kld=0.001,
+                   windows=_windows(tmp_path / "u.npz", base + 0.01))
+    runs = tables.add_paired(pd.concat([runs, pd.DataFrame([uniform])], ignore_index=True))
+    (tmp_path / "m" / "checkpoint").mkdir(parents=True)
+    meta = {"architecture": "MixtralForCausalLM", "params": 1000, "tokens_seen": 2000, "tokens_per_param": 2.0,
+            "train_wall_s": 600.0, "final_val_loss": 3.5, "recipe": {"num_experts": 8, "top_k": 2}}
+    (tmp_path / "m" / "checkpoint" / "train_meta.json").write_text(json.dumps(meta))
+    table = tables.reference_table(runs, tmp_path)
+    assert len(table) == 1
+    row = table.iloc[0]
+    ppl16 = np.exp(base).mean()
+    assert math.isclose(row["uniform_4bit-g64_ppl_pct"], 100 * (np.exp(base + 0.01).mean() / ppl16 - 1))
+    assert math.isclose(row["uniform_4bit-g64_se_pct"], 0.0, abs_tol=1e-9)  # a constant shift: no spread
+    assert row["train_minutes"] == 10.0 and row["experts"] == 8
+    assert len(tables.reference_table(runs, tmp_path / "elsewhere")) == 0  # not trained here: no row
