@@ -158,3 +158,16 @@ def test_mlx_dynamic_is_dynamic_quants_own_run_on_our_calibration_text(tmp_path,
     ours = {k: v for f in (tmp_path / "ours").glob("*.safetensors") for k, v in load_file(f).items()}
     assert set(ours) == set(theirs)
     assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_tables_show_mlx_dynamic_as_a_baseline_and_the_method_at_its_size():
+    import pandas as pd
+
+    from mint import tables
+
+    runs = pd.DataFrame([dict(model="m", method="bf16", budget="16-bit", size_gib=3.0),
+                         dict(model="m", method="mlx", budget="dynamic_3_6_4.5", size_gib=1.0),
+                         dict(model="m", method="mint", budget="mlx-dynamic_3_6_4.5", size_gib=0.998),
+                         dict(model="m", method="mint", budget="3.5bpw", size_gib=0.9)])
+    table = tables.matched_size_table(runs)
+    assert list(table["method_label"]) == ["mint @ mlx-dynamic_3_6_4.5", "mlx-lm dynamic_3_6_4.5", "16-bit"]
