@@ -32,8 +32,7 @@ so our exporter writes the same bytes (rounding "mlx") and the evaluator measure
     mint baseline uniform --units units.parquet --bits 4 --group-size 64 --out uniform.json
     mint baseline gptq --checkpoint ckpt/ --bits 4 --group-size 128 --out gptq.json --dequant-out dq/
     mint baseline mlx-recipe --checkpoint ckpt/ --units units.parquet --recipe mixed_3_6 --out mixed_3_6.json
-    mint baseline mlx-dynamic --checkpoint ckpt/ --units units.parquet --target-bpw 4.5 --low-bits 3 \
-        --high-bits 6 --out dynamic_3_6_4.5.json
+    mint baseline mlx-dynamic --checkpoint ckpt/ --units units.parquet --target-bpw 4.8 --out dynamic_4.8.json
 """
 
 import argparse
