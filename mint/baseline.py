@@ -21,9 +21,18 @@ files it wrote, which (bits, group) each module got: that choice is an allocatio
 the same exporter writes it (the test checks it equals mlx-lm's file), the same evaluator measures it,
 and the method can be allocated at exactly its bytes.
 
+mlx-lm's calibrated `dynamic_quant` (mlx_lm/quant/dynamic_quant.py) is read back the same way. It
+estimates each layer's sensitivity from the gradient of a KL loss on calibration text and gives the most
+sensitive layers `high_bits`, the rest `low_bits`, at a threshold searched to a target bits per weight.
+`mint baseline mlx-dynamic` calls its functions on GPTQ's calibration windows (the reference models'
+training text, never an evaluation split) instead of the text its `main()` downloads, and quantizes and
+saves with mlx-lm's own `quantize_model` and `save`: its weights are mx.quantize's affine min-max codes,
+so our exporter writes the same bytes (rounding "mlx") and the evaluator measures mlx-lm's model.
+
     mint baseline uniform --units units.parquet --bits 4 --group-size 64 --out uniform.json
     mint baseline gptq --checkpoint ckpt/ --bits 4 --group-size 128 --out gptq.json --dequant-out dq/
     mint baseline mlx-recipe --checkpoint ckpt/ --units units.parquet --recipe mixed_3_6 --out mixed_3_6.json
+    mint baseline mlx-dynamic --checkpoint ckpt/ --units units.parquet --target-bpw 4.8 --out dynamic_4.8.json
 """
 
 import argparse
@@ -110,9 +119,9 @@ def mlx_readable_copy(ckpt, folder):
     return folder
 
 
-def written_configs(mlx_folder):
-    """{module path: (bits, group_size)} of every quantized module in an MLX folder, read from the
-    tensors themselves (packed codes and scales), not from the config's defaults."""
+def written_configs(mlx_folder, group_size=MLX_RECIPE_GROUP):
+    """{module path: (bits, group_size)} of every quantized module in an MLX folder written with one
+    group size, read from the tensors themselves (packed codes and scales), not from the config's defaults."""
     from safetensors import safe_open
 
     shapes = {}
@@ -123,13 +132,13 @@ def written_configs(mlx_folder):
     for name, scales in shapes.items():
         if name.endswith(".scales"):
             module = name.removesuffix(".scales")
-            # The recipes keep mlx_lm.convert's group size, so the scales give the input width and
-            # the packed uint32 codes the bits: in * bits = 32 * packed columns.
-            in_features = scales[-1] * MLX_RECIPE_GROUP
+            # With the group size known, the scales give the input width and the packed uint32
+            # codes the bits: in * bits = 32 * packed columns.
+            in_features = scales[-1] * group_size
             bits, rest = divmod(shapes[f"{module}.weight"][-1] * 32, in_features)
             if rest or bits not in quantizer.BITS:
-                raise ValueError(f"{mlx_folder}: {module} is not a {MLX_RECIPE_GROUP}-group affine code")
-            configs[module] = (bits, MLX_RECIPE_GROUP)
+                raise ValueError(f"{mlx_folder}: {module} is not a {group_size}-group affine code")
+            configs[module] = (bits, group_size)
     return configs
 
 
@@ -154,6 +163,99 @@ def mlx_recipe_allocation(checkpoint, units, recipe, work=None):
                          f"{result['total_bytes']} bytes by our count")
     # Exported with MLX's own rounding, so the folder is the one mlx-lm's convert writes.
     result.update(recipe=recipe, rounding="mlx")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# mlx-lm's calibrated dynamic_quant
+
+MLX_DYNAMIC_BITS = (4, 5)   # dynamic_quant's default low and high bits
+MLX_DYNAMIC_GROUP = 64      # its default group size (low and high alike)
+# dynamic_quant's estimate_sensitivities default: windows per forward/backward pass.
+MLX_DYNAMIC_BATCH = 4
+
+
+def mlx_dynamic_name(target_bpw, low_bits=MLX_DYNAMIC_BITS[0], high_bits=MLX_DYNAMIC_BITS[1]):
+    """The baseline's config name: "dynamic_4.8" at dynamic_quant's default bits, else "dynamic_3_6_4.5"."""
+    bpw = f"{target_bpw:g}"
+    if (low_bits, high_bits) == MLX_DYNAMIC_BITS:
+        return f"dynamic_{bpw}"
+    return f"dynamic_{low_bits}_{high_bits}_{bpw}"
+
+
+def float32_copy(model):
+    """A float32 copy of an mlx model, for dynamic_quant's gradient pass: mlx's CPU backend runs the
+    experts' gather_mm in float32 only ("[GatherMM::eval] Currently only supports float32"), where a
+    Mac's GPU would run the checkpoint's 16-bit dtype. The threshold search, which counts bytes, and
+    the quantization keep the model as loaded, so the files are those a Mac would write."""
+    import copy
+
+    import mlx.core as mx
+
+    f32 = copy.deepcopy(model)
+    f32.set_dtype(mx.float32)
+    return f32
+
+
+def mlx_dynamic_allocation(checkpoint, units, target_bpw, low_bits=MLX_DYNAMIC_BITS[0],
+                           high_bits=MLX_DYNAMIC_BITS[1], group_size=MLX_DYNAMIC_GROUP,
+                           calibration=CALIBRATION_SOURCE, windows=CALIBRATION_WINDOWS,
+                           seq_len=CALIBRATION_SEQ_LEN, seed=0, tokenizer=None, batch_size=MLX_DYNAMIC_BATCH,
+                           work=None):
+    """The allocation mlx-lm's dynamic_quant makes for `checkpoint` at `target_bpw`.
+
+    Args:
+        low_bits, high_bits, group_size: dynamic_quant's --low-bits/--high-bits and both group sizes.
+        calibration, windows, seq_len, seed, tokenizer: the calibration windows, as for GPTQ
+            (`calibration_windows`); with the same values both calibrated baselines see the same text.
+    Returns:
+        An allocation dict (rounding "mlx"), with the calibration and dynamic_quant's threshold.
+    """
+    import mlx.core as mx
+    from mlx_lm.quant import dynamic_quant
+    from mlx_lm.utils import load, quantize_model, save
+
+    from mint.checkpoint import Checkpoint
+
+    for b in (low_bits, high_bits):
+        quantizer.check_config(b, group_size)
+    if low_bits >= high_bits:
+        raise ValueError(f"low bits {low_bits} must be below high bits {high_bits}")
+    ckpt = Checkpoint(checkpoint)
+    ids = calibration_windows(checkpoint, calibration, windows, seq_len, seed, tokenizer)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        source = mlx_readable_copy(ckpt, Path(tmp) / "source")
+        model, tok, config = load(str(source), return_config=True)
+        # In place of dynamic_quant.main's load_data (which downloads its own text): our windows,
+        # as the int32 token array its tokenizer.encode(return_tensors="mlx") would give.
+        data = mx.array(ids.numpy().astype("int32"))
+        sensitivities = dict(dynamic_quant.estimate_sensitivities(
+            float32_copy(model), data, low_bits, group_size, high_bits, group_size, batch_size=batch_size))
+        threshold = dynamic_quant.estimate_threshold(
+            model, sensitivities, target_bpw, low_bits, group_size, high_bits, group_size)
+
+        # dynamic_quant.main's rule, which it keeps inside main(): above the threshold, high bits.
+        def above_threshold(path, module):
+            if not hasattr(module, "to_quantized"):
+                return False
+            if sensitivities[path] > threshold:
+                return {"bits": high_bits, "group_size": group_size}
+            return True
+
+        model, config = quantize_model(model, config, group_size=group_size, bits=low_bits,
+                                       quant_predicate=above_threshold)
+        save(Path(tmp) / "mlx", str(source), model, tok, config)
+        configs = written_configs(Path(tmp) / "mlx", group_size)
+        written = tensor_bytes(Path(tmp) / "mlx")
+    name = mlx_dynamic_name(target_bpw, low_bits, high_bits)
+    result = forced_allocation(units, configs, solver="mlx-dynamic", budget=f"mlx-{name}")
+    if result["total_bytes"] != written:
+        raise ValueError(f"mlx-lm's dynamic_quant wrote {written} bytes of tensors; the same choice is "
+                         f"{result['total_bytes']} bytes by our count")
+    # Exported with MLX's own rounding, so the folder is the one dynamic_quant saves.
+    result.update(recipe=name, rounding="mlx", target_bpw=target_bpw, threshold=threshold,
+                  calibration={"source": calibration, "windows": int(ids.shape[0]),
+                               "seq_len": int(ids.shape[1]), "seed": seed, "tokens": int(ids.numel())})
     return result
 
 
@@ -362,6 +464,20 @@ def main(argv=None):
     rec.add_argument("--units", required=True, nargs="+", help="units.parquet from `mint experts`")
     rec.add_argument("--recipe", required=True, choices=MLX_RECIPES)
     rec.add_argument("--out", required=True, help="allocation JSON to write")
+    dyn = sub.add_parser("mlx-dynamic", help="mlx-lm's calibrated dynamic_quant at a target bpw, read back as an allocation")
+    dyn.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder (with its tokenizer)")
+    dyn.add_argument("--units", required=True, nargs="+", help="units.parquet from `mint experts`")
+    dyn.add_argument("--target-bpw", type=float, required=True, help="dynamic_quant's target bits per weight")
+    dyn.add_argument("--low-bits", type=int, default=MLX_DYNAMIC_BITS[0], choices=quantizer.BITS)
+    dyn.add_argument("--high-bits", type=int, default=MLX_DYNAMIC_BITS[1], choices=quantizer.BITS)
+    dyn.add_argument("--group-size", type=int, default=MLX_DYNAMIC_GROUP, choices=quantizer.GROUP_SIZES)
+    dyn.add_argument("--calibration", default=CALIBRATION_SOURCE, help="calibration text (vendored name or path)")
+    dyn.add_argument("--windows", type=int, default=CALIBRATION_WINDOWS, help="calibration windows")
+    dyn.add_argument("--seq-len", type=int, default=CALIBRATION_SEQ_LEN, help="tokens per window")
+    dyn.add_argument("--seed", type=int, default=0, help="seed of the window sample")
+    dyn.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
+    dyn.add_argument("--batch-size", type=int, default=MLX_DYNAMIC_BATCH, help="windows per gradient pass")
+    dyn.add_argument("--out", required=True, help="allocation JSON to write")
     args = p.parse_args(argv)
     kind = args.__dict__.pop("kind")
     start = time.perf_counter()
@@ -370,9 +486,12 @@ def main(argv=None):
             result = gptq_baseline(**vars(args))
             print(gptq_summary(result))
             return 0
-        units = alloc.load_units(args.units)
+        units = alloc.load_units(args.__dict__.pop("units"))
+        out = args.__dict__.pop("out")
         if kind == "mlx-recipe":
             result = mlx_recipe_allocation(args.checkpoint, units, args.recipe)
+        elif kind == "mlx-dynamic":
+            result = mlx_dynamic_allocation(units=units, **vars(args))
         else:
             result = uniform_allocation(units, args.bits, args.group_size)
     except (ValueError, FileNotFoundError) as e:
@@ -384,7 +503,7 @@ def main(argv=None):
     result.update(total_gib=result["total_bytes"] / alloc.GIB, wall_seconds=time.perf_counter() - start,
                   peak_rss_mb=peak_rss_mb())
     # Printed, not written: an allocation file depends only on its inputs.
-    alloc.write_allocation(result, args.out, drop=alloc.RUN_KEYS)
+    alloc.write_allocation(result, out, drop=alloc.RUN_KEYS)
     print(alloc.summary(result), f"{result['wall_seconds']:.1f} s, peak {result['peak_rss_mb']:.0f} MiB.")
     return 0
 

@@ -505,3 +505,32 @@ def test_variant_study_is_opt_in(tmp_path):
                            "--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml")],
                           capture_output=True, text=True, timeout=300)
     assert run_.returncode != 0 and "variant_study names variants ['mint-plsu']" in run_.stdout + run_.stderr
+
+
+def test_mlx_dynamic_names_plan_the_baseline_and_its_matched_budget(tmp_path):
+    """`baselines: {mlx: [dynamic_4.8, dynamic_3_6_4.5]}` runs `mint baseline mlx-dynamic` with the
+    name's target and bits (dynamic_quant's default 4 and 5 without them), and a budget
+    `mlx-dynamic_3_6_4.5` allocates at that baseline's file; a misspelt name is refused by the schema."""
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    ckpt = make_tiny_checkpoint("qwen3_moe", tmp_path / "ckpt")
+    config = {"models": {"m": {"source": {"path": str(ckpt)}, "budgets": ["mlx-dynamic_3_6_4.5"],
+                               "baselines": {"mlx": ["mixed_3_6", "dynamic_4.8", "dynamic_3_6_4.5"]}}},
+              "variants": {"mint": {"solver": "exact"}}, "evaluation": {"seq_len": 128}}
+    validate_config(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    plan = subprocess.run([str(bin_dir / "snakemake"), "-n", "-p", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    shell = [line for line in plan.stdout.splitlines() if "-m mint " in line]
+    dynamic = [line for line in shell if "baseline mlx-dynamic" in line]
+    assert len(dynamic) == 2
+    assert any("--target-bpw 4.8 --seq-len 128 --out results/m/alloc/mlx/dynamic_4.8.json" in line for line in dynamic)
+    assert any("--target-bpw 4.5 --low-bits 3 --high-bits 6 --seq-len 128 --out results/m/alloc/mlx/dynamic_3_6_4.5.json"
+               in line for line in dynamic)
+    assert any("allocate" in line and "--budget @results/m/alloc/mlx/dynamic_3_6_4.5.json" in line for line in shell)
+    config["models"]["m"]["baselines"]["mlx"] = ["dynamic_4.8bpw"]
+    with pytest.raises(WorkflowError, match="dynamic_4.8bpw"):
+        validate_config(config)

@@ -1,6 +1,8 @@
 # Matched-size baselines (METHOD.md §6), one (bits, group size) per target, e.g. 4bit-g128:
 #   uniform RTN: an ordinary allocation, exported by `quantize` like the method's;
 #   mlx-lm's mixed recipes (mixed_3_6, ...): run by mlx-lm's own convert, read back as an allocation;
+#   mlx-lm's calibrated dynamic_quant (dynamic_4.8, dynamic_3_6_4.5): run by its own functions on
+#   GPTQ's calibration windows, read back the same way;
 #   GPTQ: llm-compressor in its own environment (`make gptq-env`), which writes its own result and
 #   dequantized folder (and no MLX folder: its format is compressed-tensors, not MLX). Its
 #   calibration windows are as long as the evaluation windows (capped by the model's context).
@@ -46,6 +48,31 @@ rule baseline_mlx:
     shell:
         "{MINT} baseline mlx-recipe --checkpoint {params.checkpoint} --units {input.units}"
         " --recipe {wildcards.recipe} --out {output} > {log} 2>&1"
+
+
+rule baseline_mlx_dynamic:
+    input:
+        checkpoint=get_checkpoint,
+        units="results/{model}/units/units.parquet",
+    output:
+        "results/{model}/alloc/mlx/{recipe}.json",
+    wildcard_constraints:
+        recipe=MLX_DYNAMIC,
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        flags=get_mlx_dynamic_flags,
+        # GPTQ's calibration windows: the same training text for both calibrated baselines.
+        seq_len=config["evaluation"]["seq_len"],
+    log:
+        "logs/{model}/baseline_mlx_dynamic/{recipe}.log",
+    benchmark:
+        "results/benchmarks/{model}/baseline_mlx_dynamic/{recipe}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    shell:
+        "{MINT} baseline mlx-dynamic --checkpoint {params.checkpoint} --units {input.units} {params.flags}"
+        " --seq-len {params.seq_len} --out {output} > {log} 2>&1"
 
 
 rule baseline_gptq:

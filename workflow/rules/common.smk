@@ -21,9 +21,12 @@ PROVENANCE = f'--project "{workflow.basedir}" --config-sha256 {CONFIG_SHA256[:12
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
 BASELINES = ("uniform", "gptq", "mlx")
-# A budget named after a baseline ("gptq-4bit-g128", "mlx-mixed_3_6") is that baseline's exact size:
-# matched-size runs.
-MATCHED = re.compile(r"^(?P<baseline>uniform|gptq|mlx)-(?P<config>\d+bit-g\d+|mixed_\d_\d)$")
+# mlx-lm's calibrated dynamic_quant at a target bits per weight: "dynamic_4.8" at its default low and
+# high bits (4 and 5), "dynamic_3_6_4.5" at 3 and 6.
+MLX_DYNAMIC = r"dynamic_(?:\d_\d_)?\d+(?:\.\d+)?"
+# A budget named after a baseline ("gptq-4bit-g128", "mlx-mixed_3_6", "mlx-dynamic_4.8") is that
+# baseline's exact size: matched-size runs.
+MATCHED = re.compile(rf"^(?P<baseline>uniform|gptq|mlx)-(?P<config>\d+bit-g\d+|mixed_\d_\d|{MLX_DYNAMIC})$")
 
 
 def baseline_configs(model, kind):
@@ -222,6 +225,13 @@ def get_budget_input(wildcards):
     if m["baseline"] == "gptq":
         return f"results/{wildcards.model}/gptq/{m['config']}.json"
     return f"results/{wildcards.model}/alloc/{m['baseline']}/{m['config']}.json"
+
+
+def get_mlx_dynamic_flags(wildcards):
+    """`mint baseline mlx-dynamic` flags of a name such as dynamic_4.8 or dynamic_3_6_4.5."""
+    *bits, bpw = wildcards.recipe.removeprefix("dynamic_").split("_")
+    low_high = f" --low-bits {bits[0]} --high-bits {bits[1]}" if bits else ""
+    return f"--target-bpw {bpw}{low_high}"
 
 
 def get_budget_spec(wildcards):
