@@ -34,8 +34,15 @@ for a quantized [out, in] weight at b bits and group g, with G = ceil(in / g):
 compressed-tensors itself produces for every module. The dequantized weights written out are
 decompressed from that packed form (so they are what a runtime rebuilds), in float32.
 
+Per module instead (`mint quantize-gptq`, mint/gptq_rounding.py): `--configs` gives each matrix its
+own (bits, group size), keyed by a fingerprint of its weights (`fingerprint`), and `--codes-out`
+receives the integer codes, scales and zero points of every quantized matrix, which MINT's exporter
+writes in the MLX format.
+
     .venv-gptq/bin/python mint/gptq.py --checkpoint ckpt/ --calibration calib.safetensors \\
         --bits 4 --group-size 128 --out gptq.json --dequant-out dequant/
+    .venv-gptq/bin/python mint/gptq.py --checkpoint ckpt/ --calibration calib.safetensors \\
+        --configs configs.json --out gptq.json --codes-out codes.safetensors
 """
 
 import argparse
