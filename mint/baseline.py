@@ -350,6 +350,33 @@ def gptq_size(ckpt, worker):
     return worker["quantized_bytes"] + 2 * (ckpt.n_params() - worker["quantized_weights"])
 
 
+def run_gptq_worker(checkpoint, ids, scheme_args, scale_dtype, batch_size=8, actorder="static", dampening=0.01,
+                    threads=None, python=None):
+    """Run mint/gptq.py in the GPTQ environment on the calibration windows `ids`; return its JSON.
+
+    `scheme_args` are the worker's flags saying what to quantize and where to write it (the uniform
+    `--bits --group-size --dequant-out`, or the per-module `--configs --codes-out`).
+    """
+    from safetensors.torch import save_file
+
+    python = Path(python or gptq_python())
+    if not python.exists():
+        raise FileNotFoundError(f"GPTQ environment not found at {python}: run `make gptq-env` "
+                                "(or set MINT_GPTQ_PYTHON)")
+    with tempfile.TemporaryDirectory(prefix="mint-gptq-") as tmp:
+        calib, worker_json = Path(tmp) / "calibration.safetensors", Path(tmp) / "worker.json"
+        save_file({"input_ids": ids.contiguous()}, str(calib))
+        cmd = [str(python), "-P", "-m", "mint.gptq", "--checkpoint", str(checkpoint), "--calibration", str(calib),
+               *scheme_args, "--out", str(worker_json), "--scale-dtype", scale_dtype,
+               "--batch-size", str(batch_size), "--actorder", actorder, "--dampening", str(dampening)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        # -P and PYTHONPATH: import this checkout's mint, and nothing from the working directory.
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+        subprocess.run(cmd, check=True, env=env)
+        return json.loads(worker_json.read_text())
+
+
 def gptq_baseline(checkpoint, bits, group_size, out, dequant_out, calibration=CALIBRATION_SOURCE,
                   windows=CALIBRATION_WINDOWS, seq_len=CALIBRATION_SEQ_LEN, seed=0, tokenizer=None,
                   batch_size=8, actorder="static", dampening=0.01, threads=None, python=None):
@@ -363,33 +390,17 @@ def gptq_baseline(checkpoint, bits, group_size, out, dequant_out, calibration=CA
     Returns:
         The result dict (also written to `out`).
     """
-    from safetensors.torch import save_file
-
     from mint.checkpoint import Checkpoint
     from mint.export import default_dtype16
 
     start = time.perf_counter()
     quantizer.check_config(bits, group_size)
-    python = Path(python or gptq_python())
-    if not python.exists():
-        raise FileNotFoundError(f"GPTQ environment not found at {python}: run `make gptq-env` "
-                                "(or set MINT_GPTQ_PYTHON)")
     ckpt = Checkpoint(checkpoint)
     dtype16 = str(default_dtype16(ckpt)).removeprefix("torch.")  # scales stored like the model's weights
     ids = calibration_windows(checkpoint, calibration, windows, seq_len, seed, tokenizer)
-    with tempfile.TemporaryDirectory(prefix="mint-gptq-") as tmp:
-        calib, worker_json = Path(tmp) / "calibration.safetensors", Path(tmp) / "worker.json"
-        save_file({"input_ids": ids.contiguous()}, str(calib))
-        cmd = [str(python), "-P", "-m", "mint.gptq", "--checkpoint", str(checkpoint), "--calibration", str(calib),
-               "--bits", str(bits), "--group-size", str(group_size), "--out", str(worker_json),
-               "--dequant-out", str(dequant_out), "--scale-dtype", dtype16, "--batch-size", str(batch_size),
-               "--actorder", actorder, "--dampening", str(dampening)]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        # -P and PYTHONPATH: import this checkout's mint, and nothing from the working directory.
-        env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-        subprocess.run(cmd, check=True, env=env)
-        worker = json.loads(worker_json.read_text())
+    worker = run_gptq_worker(checkpoint, ids, ["--bits", str(bits), "--group-size", str(group_size),
+                                               "--dequant-out", str(dequant_out)],
+                             dtype16, batch_size, actorder, dampening, threads, python)
     total = gptq_size(ckpt, worker)
     n_params = ckpt.n_params()
     peak_self, peak_worker = peak_rss_mb(), worker["worker_peak_rss_mb"]

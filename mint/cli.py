@@ -18,6 +18,7 @@ COMMANDS = {
     "allocate": ("mint.allocate", "choose (bits, group) per unit to fit a memory budget (knapsack)"),
     "verify": ("mint.verify", "load an export in its runtime and compare its logits with the dequantized twin"),
     "quantize": ("mint.export", "write the MLX folder (and a dequantized HF folder), or the GGUF file, for an allocation"),
+    "quantize-gptq": ("mint.gptq_rounding", "MINT's allocation rounded by GPTQ (calibration text, .venv-gptq): MLX folder + twin"),
     "gguf-compare": ("mint.gguf_compare", "llama.cpp's preset mixes against MINT-GGUF at equal bytes (llama.cpp's logits)"),
     "baseline": ("mint.baseline", "matched-size baselines (uniform RTN) written as allocations"),
     "train-reference": ("mint.reference", "train a small reference MoE model from the vendored text"),

@@ -459,10 +459,12 @@ def _matrix(ckpt, ref, e):
     return ckpt.read(ref) if e is None else ckpt.read_expert(ref, e)
 
 
-def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False, family=None, rounding="minmax"):
+def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False, family=None, rounding="minmax",
+               codes=None):
     """Write matrix `w` of `ref` (expert index `expert`) into its unit; return what MLX rebuilds
     (for a parameter the family stores otherwise, in the checkpoint's convention). `rounding` "mlx"
-    quantizes as mx.quantize does (mlx-lm's own files, for its recipes as a baseline)."""
+    quantizes as mx.quantize does (mlx-lm's own files, for its recipes as a baseline). `codes`, when
+    given, may hold the matrix already rounded by another quantizer (see `export`)."""
     unit = ref.unit
     if not ref.quantizable:
         w16 = mlx_parameter(family, unit, w.float()).to(dtype16)
@@ -477,6 +479,14 @@ def _write_mlx(writer, ref, w, expert, config, dtype16, want_dequant, clip=False
         writer.write(f"{unit}.weight", w16, row0)
         return w16.float() if want_dequant else None
     bits, group = config
+    external = codes.lookup(w, bits, group, dtype16) if codes is not None else None
+    if external is not None:
+        q, scales, biases = external
+        writer.write(f"{unit}.weight", pack(q, bits), row0)
+        writer.write(f"{unit}.scales", scales, row0)
+        writer.write(f"{unit}.biases", biases, row0)
+        # The twin from the stored 16-bit scales and biases, as MLX rebuilds the weights.
+        return dequantize(q, scales, biases, group) if want_dequant else None
     fused = not (want_dequant or clip) and rounding == "minmax" and dtype16 in _DTYPE16
     w_hat = torch.empty(out, inp) if want_dequant else None
     for r0, r1 in _row_blocks(out, inp):
@@ -511,7 +521,7 @@ def _quantize_pack(w, bits, group, dtype16):
 
 
 def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dtype=torch.float32, clip=None,
-                  progress=False, workers=1, rounding="minmax"):
+                  progress=False, workers=1, rounding="minmax", codes=None):
     """Read every tensor once, one matrix at a time; write its MLX unit and its dequantized copy.
 
     Units in the set `clip` take the clip-search range (`quantizer.quantize(clip=True)`); `rounding`
@@ -519,7 +529,7 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
     `workers` > 1, tensors are shared out to that many forked processes, largest first, each writing
     its tensors' bytes at their offsets (os.pwrite): the files are the same bytes as with one.
     """
-    job = (ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip or set(), rounding)
+    job = (ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip or set(), rounding, codes)
     tensors = _disk_tensors(ckpt)
     # MLX's own quantizer (rounding "mlx") runs MLX's thread pool, which a forked child inherits
     # locked: those exports stay in this process.
@@ -534,7 +544,7 @@ def write_weights(ckpt, configs, dtype16, mlx_writer, hf_writer=None, dequant_dt
 
 def _write_tensor(job, name, refs):
     """Write one tensor on disk (every expert of a fused stack, every part of a split one)."""
-    ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip, rounding = job
+    ckpt, configs, dtype16, mlx_writer, hf_writer, dequant_dtype, clip, rounding, codes = job
     fused = refs[0].n_experts > 1
     for e in range(refs[0].n_experts) if fused else [None]:
         parts = []  # the dequantized parts of a fused tensor, to put back together for transformers
@@ -542,7 +552,7 @@ def _write_tensor(job, name, refs):
             w = _matrix(ckpt, ref, e)
             expert = e if fused else (ref.expert or 0)
             parts.append(_write_mlx(mlx_writer, ref, w, expert, configs[ref.unit], dtype16,
-                                    hf_writer is not None, ref.unit in clip, ckpt.family, rounding))
+                                    hf_writer is not None, ref.unit in clip, ckpt.family, rounding, codes))
         if hf_writer is not None:
             twin_name, twin_shape, flip = twin_tensor(ckpt, name, refs)
             w = _disk_layout(refs, parts)
@@ -692,6 +702,7 @@ def export(
     overwrite=False,
     progress=False,
     workers=None,
+    codes=None,
 ):
     """Write the MLX folder (and optionally the dequantized HF folder) of `allocation` for `ckpt`.
 
@@ -710,6 +721,10 @@ def export(
         progress: show a progress bar over the checkpoint's tensors.
         workers: processes that quantize and write (default `default_workers()`); the bytes written
             do not depend on it.
+        codes: codes made by another quantizer (GPTQ, mint/gptq_rounding.py): an object whose
+            `lookup(w, bits, group_size, dtype16)` gives (codes, scales, biases) of a matrix it rounded
+            at that config, as `quantizer.quantize` returns them, else None (the matrix is rounded
+            here). The folders and their bytes are the same; only the rounding differs.
     Returns:
         The manifest (also written to `<mlx_out>/manifest.json`): predicted and written bytes per unit.
     """
@@ -744,7 +759,7 @@ def export(
         write_weights(ckpt, configs, dtype16, *writers, dequant_dtype=dequant_dtype,
                       clip=clipped_units(allocation), progress=progress,
                       workers=default_workers() if workers is None else workers,
-                      rounding=allocation.get("rounding", "minmax"))
+                      rounding=allocation.get("rounding", "minmax"), codes=codes)
         for writer in writers:
             writer.close()
 

@@ -34,11 +34,19 @@ for a quantized [out, in] weight at b bits and group g, with G = ceil(in / g):
 compressed-tensors itself produces for every module. The dequantized weights written out are
 decompressed from that packed form (so they are what a runtime rebuilds), in float32.
 
+Per module instead (`mint quantize-gptq`, mint/gptq_rounding.py): `--configs` gives each matrix its
+own (bits, group size), keyed by a fingerprint of its weights (`fingerprint`), and `--codes-out`
+receives the integer codes, scales and zero points of every quantized matrix, which MINT's exporter
+writes in the MLX format.
+
     .venv-gptq/bin/python mint/gptq.py --checkpoint ckpt/ --calibration calib.safetensors \\
         --bits 4 --group-size 128 --out gptq.json --dequant-out dequant/
+    .venv-gptq/bin/python mint/gptq.py --checkpoint ckpt/ --calibration calib.safetensors \\
+        --configs configs.json --out gptq.json --codes-out codes.safetensors
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -157,15 +165,21 @@ def count_routing(model, calibration, top_k):
 # GPTQ
 
 
-def gptq_modifier(bits, group_size, scale_dtype, block_size=128, dampening=0.01, actorder="static"):
-    """The GPTQModifier of the baseline: int, asymmetric, group-wise, 16-bit scales, min-max."""
+def gptq_modifier(targets, scale_dtype, block_size=128, dampening=0.01, actorder="static"):
+    """The GPTQModifier: int, asymmetric, group-wise, 16-bit scales, min-max.
+
+    `targets` maps (bits, group_size) to the modules quantized that way: compressed-tensors target
+    strings (a class name such as "Linear", or exact module names), one config group per scheme.
+    """
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor.modifiers.gptq import GPTQModifier
 
-    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group",
-                               group_size=group_size, scale_dtype=scale_dtype, observer="memoryless_minmax")
-    scheme = QuantizationScheme(targets=["Linear"], weights=weights)
-    return GPTQModifier(config_groups={"group_0": scheme}, ignore=IGNORE, block_size=block_size,
+    groups = {}
+    for i, ((bits, group_size), names) in enumerate(sorted(targets.items())):
+        weights = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group",
+                                   group_size=group_size, scale_dtype=scale_dtype, observer="memoryless_minmax")
+        groups[f"group_{i}"] = QuantizationScheme(targets=list(names), weights=weights)
+    return GPTQModifier(config_groups=groups, ignore=IGNORE, block_size=block_size,
                         dampening_frac=dampening, actorder=None if actorder == "none" else actorder)
 
 
@@ -301,6 +315,144 @@ def write_dequantized(model, checkpoint, out, fused_originals=None, dtype=torch.
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-module configs (MINT's allocation) and the integer codes
+
+
+def fingerprint(w):
+    """Content key of a weight matrix: a hash of its float32 values and shape.
+
+    It names the same matrix on both sides of the environment boundary (MINT reads the checkpoint
+    its way, transformers and llm-compressor theirs, with other module names and expert layouts):
+    both read the same stored values, and widening them to float32 is exact.
+    """
+    w = w.detach().to("cpu", torch.float32).contiguous()
+    digest = hashlib.blake2b(str(tuple(w.shape)).encode(), digest_size=16)
+    digest.update(w.view(torch.uint8).reshape(-1).numpy().data)
+    return digest.hexdigest()
+
+
+def assign_targets(model, configs):
+    """{(bits, group_size): [module names]} of the Linears whose original weight `configs` names.
+
+    `configs` is {fingerprint: {"bits", "group_size", "matrix"}} (one entry per matrix MINT gives a
+    quantized config; "matrix" names it for messages). Every entry must match exactly one Linear of
+    the (linearized) model. Returns the targets and {module name: fingerprint}.
+    """
+    from llmcompressor.modeling.moe.linearize import linearize_moe
+
+    linearize_moe(model)
+    targets, keys = {}, {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        key = fingerprint(module.weight)
+        if key not in configs:
+            continue
+        if key in keys.values():
+            raise RuntimeError(f"{name} holds the same weights as another module ({configs[key]['matrix']}); "
+                               "their codes could not be told apart")
+        keys[name] = key
+        targets.setdefault((configs[key]["bits"], configs[key]["group_size"]), []).append(name)
+    missing = [c["matrix"] for k, c in configs.items() if k not in keys.values()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} matrices of the allocation are no Linear of the model as "
+                           f"transformers loads it, e.g. {missing[:3]}")
+    return targets, keys
+
+
+@torch.no_grad()
+def integer_codes(module, scale_dtype):
+    """The affine code GPTQ left in one quantized Linear, as unsigned integers.
+
+    compressed-tensors' "int" type holds signed codes q and zero points z in [-2^(b-1), 2^(b-1)) and
+    rebuilds w = s * (q - z); shifting both by 2^(b-1) gives the same w with codes in [0, 2^b), as
+    MLX stores them. Returns (codes uint8 [out, in], scales in `scale_dtype` [out, G], zero points
+    uint8 [out, G]); raises unless they rebuild the module's (fake-quantized) weight exactly.
+    """
+    from compressed_tensors.quantization.lifecycle.forward import quantize
+
+    args = module.quantization_scheme.weights
+    w = module.weight.detach().float()
+    scale, zero = module.weight_scale.detach(), module.weight_zero_point.detach()
+    scales = scale.to(scale_dtype)
+    if not torch.equal(scales.float(), scale.float()):
+        raise RuntimeError("GPTQ's scales are not 16-bit values")
+    offset = 2 ** (args.num_bits - 1)
+    q = quantize(w, scale.float(), zero, args).round().long() + offset
+    z = zero.long() + offset
+    rebuilt = (q - z.repeat_interleave(args.group_size, dim=1)).float() * scales.float().repeat_interleave(
+        args.group_size, dim=1)
+    if not torch.equal(rebuilt, w):
+        raise RuntimeError(f"codes rebuild GPTQ's weights only to {(rebuilt - w).abs().max().item()}")
+    return q.to(torch.uint8), scales, z.to(torch.uint8)
+
+
+def gptq_mixed(checkpoint, calibration, configs, out, codes_out, scale_dtype="bfloat16", batch_size=8,
+               block_size=128, dampening=0.01, actorder="static", threads=None):
+    """GPTQ with one (bits, group_size) per module, as `configs` (a JSON file) gives; writes the codes.
+
+    Args:
+        configs: JSON {fingerprint of the original weight: {"bits", "group_size", "matrix"}}.
+        codes_out: safetensors file to write: per matrix `<fingerprint>.codes` (uint8 [out, in]),
+            `.scales` (`scale_dtype` [out, G]) and `.zero_points` (uint8 [out, G]), w = s * (q - z).
+        The rest as `gptq`.
+    Returns:
+        The result dict written to `out` (per module: name, fingerprint, bits, group size).
+    """
+    import transformers
+    from safetensors.torch import save_file
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    sdtype = SCALE_DTYPES[scale_dtype]
+    configs = json.loads(Path(configs).read_text())
+    input_ids = load_file(calibration)["input_ids"].long()
+    calib = batches(input_ids, batch_size)
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, trust_remote_code=False)
+    model.eval()
+    linearize_llama4_text(model)
+    targets, keys = assign_targets(model, configs)
+    modifier = gptq_modifier(targets, sdtype, block_size, dampening, actorder)
+    t = time.perf_counter()
+    run_oneshot(model, calib, modifier)
+    gptq_seconds = time.perf_counter() - t
+
+    codes, modules = {}, []
+    for name, module in quantized_modules(model):
+        key = keys[name]
+        codes[f"{key}.codes"], codes[f"{key}.scales"], codes[f"{key}.zero_points"] = integer_codes(module, sdtype)
+        args = module.quantization_scheme.weights
+        if (args.num_bits, args.group_size) != (configs[key]["bits"], configs[key]["group_size"]):
+            raise RuntimeError(f"{name} was quantized at {args.num_bits} bits g{args.group_size}, "
+                               f"the allocation says {configs[key]}")
+        modules.append({"name": name, "fingerprint": key, "matrix": configs[key]["matrix"],
+                        "bits": args.num_bits, "group_size": args.group_size})
+    if len(modules) != len(configs):
+        raise RuntimeError(f"GPTQ quantized {len(modules)} modules, the allocation names {len(configs)}")
+    Path(codes_out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(codes, str(codes_out))
+    result = {
+        "scheme": {"type": "int", "symmetric": False, "strategy": "group", "observer": "memoryless_minmax",
+                   "scale_dtype": scale_dtype, "actorder": actorder, "block_size": block_size,
+                   "dampening_frac": dampening, "moe_calibrate_all_experts": True, "ignore": IGNORE},
+        "calibration": {"windows": int(input_ids.shape[0]), "seq_len": int(input_ids.shape[1]),
+                        "tokens": int(input_ids.numel()), "batch_size": batch_size},
+        "quantized_modules": modules,
+        "rtn_fallback_modules": list(getattr(modifier, "_rtn_fallback_module_names", [])),
+        "gptq_seconds": gptq_seconds,
+        "worker_seconds": time.perf_counter() - start,
+        "worker_peak_rss_mb": peak_rss_mb(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "llmcompressor": _version("llmcompressor"),
+                     "compressed-tensors": _version("compressed-tensors")},
+    }
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def gptq(checkpoint, calibration, bits, group_size, out, dequant_out, scale_dtype="bfloat16", batch_size=8,
@@ -334,7 +486,7 @@ def gptq(checkpoint, calibration, bits, group_size, out, dequant_out, scale_dtyp
     routing = count_routing(model, calib, top_k)
     routing_seconds = time.perf_counter() - t
 
-    modifier = gptq_modifier(bits, group_size, sdtype, block_size, dampening, actorder)
+    modifier = gptq_modifier({(bits, group_size): ["Linear"]}, sdtype, block_size, dampening, actorder)
     t = time.perf_counter()
     fused_originals = linearize_llama4_text(model)
     run_oneshot(model, calib, modifier)
@@ -398,10 +550,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="mint/gptq.py", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder")
     p.add_argument("--calibration", required=True, help="safetensors file with input_ids [windows, seq_len]")
-    p.add_argument("--bits", type=int, required=True, choices=range(2, 9), metavar="{2..8}")
-    p.add_argument("--group-size", type=int, required=True)
+    p.add_argument("--bits", type=int, choices=range(2, 9), metavar="{2..8}", help="uniform: every Linear's bits")
+    p.add_argument("--group-size", type=int, help="uniform: every Linear's group size")
+    p.add_argument("--configs", help="per module instead: JSON {fingerprint: {bits, group_size, matrix}}")
     p.add_argument("--out", required=True, help="JSON to write")
-    p.add_argument("--dequant-out", required=True, help="dequantized folder to write")
+    p.add_argument("--dequant-out", help="uniform: dequantized folder to write")
+    p.add_argument("--codes-out", help="per module: safetensors file of integer codes, scales, zero points")
     p.add_argument("--scale-dtype", choices=tuple(SCALE_DTYPES), default="bfloat16")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
     p.add_argument("--block-size", type=int, default=128, help="GPTQ columns per block")
@@ -409,7 +563,15 @@ def main(argv=None):
     p.add_argument("--actorder", choices=ACTORDERS, default="static")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    gptq(**vars(args))
+    kwargs = vars(args)
+    uniform = {k: kwargs.pop(k) for k in ("bits", "group_size", "dequant_out")}
+    mixed = {k: kwargs.pop(k) for k in ("configs", "codes_out")}
+    if all(mixed.values()) and not any(uniform.values()):
+        gptq_mixed(**kwargs, **mixed)
+    elif all(uniform.values()) and not any(mixed.values()):
+        gptq(**kwargs, **uniform)
+    else:
+        p.error("give --bits, --group-size and --dequant-out (uniform), or --configs and --codes-out (per module)")
     return 0
 
 

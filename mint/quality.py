@@ -44,9 +44,12 @@ def measured_points(results_dir):
             alloc_file = model_dir / "alloc" / method / f"{budget}.json"
             if not alloc_file.exists():   # GPTQ: rounded with data, not an allocation of ours
                 continue
+            allocation = json.loads(alloc_file.read_text())
+            if allocation.get("rounding") == "gptq":   # GPTQ moved the weights: the units' errors are not theirs
+                continue
             ev = json.loads(eval_file.read_text())
             rows.append(dict(model=model_dir.name, method=method, budget=budget,
-                             weight_error=weight_error(json.loads(alloc_file.read_text())["units"]),
+                             weight_error=weight_error(allocation["units"]),
                              kld=ev.get("kld_mean", float("nan")),
                              dlogppl=math.log(ev["ppl_mean"] / ppl16)))
     return pd.DataFrame(rows, columns=["model", "method", "budget", "weight_error", "kld", "dlogppl"])

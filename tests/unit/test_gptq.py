@@ -6,6 +6,7 @@ hooks on the original model (transformers of the main environment) from the same
 routed experts see every token, as GPTQ calibrated them (`moe_calibrate_all_experts`).
 """
 
+import functools
 import json
 import math
 from types import SimpleNamespace
@@ -18,8 +19,20 @@ from mint.checkpoint import Checkpoint, read_header
 from mint.gptq import packed_bytes
 from mint.testing import make_tiny_checkpoint
 
-needs_env = pytest.mark.skipif(not baseline.gptq_python().exists(),
-                               reason="GPTQ environment absent (make gptq-env)")
+
+
+def require_env():
+    """`make test` builds the GPTQ environment; a missing one fails the test rather than skipping it."""
+    assert baseline.gptq_python().exists(), "GPTQ environment absent: run `make gptq-env`"
+
+
+def needs_env(test):
+    @functools.wraps(test)
+    def wrapped(*args, **kwargs):
+        require_env()
+        return test(*args, **kwargs)
+    return wrapped
+
 WINDOWS, SEQ_LEN = 16, 64  # 1,024 calibration tokens, well above the 128 input features
 # One config per architecture keeps the suite short while covering 4-, 3- and 2-bit and both groups.
 CASES = [("qwen3_moe", 4, 128), ("mixtral", 3, 64), ("qwen2_moe", 2, 64), ("llama4", 4, 64)]
@@ -84,8 +97,7 @@ def calibration_inputs(folder, ids):
 @pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{b}bit-g{g}" for a, b, g in CASES])
 def run(request, tmp_path_factory):
     arch, bits, group = request.param
-    if not baseline.gptq_python().exists():
-        pytest.skip("GPTQ environment absent (make gptq-env)")
+    require_env()
     root = tmp_path_factory.mktemp(f"gptq-{arch}")
     folder = make_tiny_checkpoint(arch, root / "ckpt", hidden=128, intermediate=128)
     out, dequant = root / "gptq.json", root / "dequant"

@@ -34,6 +34,11 @@ def planted_results(root):
     # A data-calibrated baseline has no allocation of ours: not a point of the fit.
     (root / "m1" / "eval" / "gptq").mkdir()
     (root / "m1" / "eval" / "gptq" / "4bit-g128.json").write_text(json.dumps({"ppl_mean": 1.0, "kld_mean": 9.0}))
+    # Nor is our allocation rounded by GPTQ (mint quantize-gptq): its units' errors are RTN's, not its own.
+    write_run(root / "m1", "mint-gptq", "4bpw", [0.01, 0.02], [300, 100])
+    alloc = root / "m1" / "alloc" / "mint-gptq" / "4bpw.json"
+    alloc.write_text(json.dumps({**json.loads(alloc.read_text()), "rounding": "gptq"}))
+    (root / "m1" / "eval" / "mint-gptq" / "4bpw.json").write_text(json.dumps({"ppl_mean": 1.0, "kld_mean": 9.0}))
     return root
 
 

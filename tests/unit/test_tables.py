@@ -28,6 +28,7 @@ def _runs(tmp_path):
         ("mint", "gptq-3bit-g128", base + 0.030 + rng.normal(0, 0.001, N_WINDOWS)),  # better than gptq 3-bit
         ("mint", "gptq-4bit-g128", base + 0.010 + rng.normal(0, 0.001, N_WINDOWS)),  # same as gptq 4-bit
         ("mint", "3.5bpw", base + 0.02),                                              # matched to nothing
+        ("mint-gptq", "gptq-3bit-g128", base + 0.020 + rng.normal(0, 0.001, N_WINDOWS)),  # calibrated rounding
     ]
     records = []
     for i, (method, budget, nll) in enumerate(rows):
@@ -54,9 +55,10 @@ def test_runs_are_paired_with_the_baseline_their_budget_names(tmp_path):
 def test_matched_verdicts_call_wins_ties_and_losses_by_their_standard_error(tmp_path):
     runs, _, _ = _runs(tmp_path)
     verdicts = tables.matched_verdicts(tables.add_paired(runs))
-    got = dict(zip(verdicts["baseline"], verdicts["verdict"]))
-    assert got == {"gptq 3bit-g128": "win", "gptq 4bit-g128": "tie"}
-    row = verdicts[verdicts["baseline"] == "gptq 3bit-g128"].iloc[0]
+    got = dict(zip(zip(verdicts["baseline"], verdicts["method"]), verdicts["verdict"]))
+    assert got == {("gptq 3bit-g128", "mint"): "win", ("gptq 4bit-g128", "mint"): "tie",
+                   ("gptq 3bit-g128", "mint-gptq"): "win", ("mint @ gptq-3bit-g128", "mint-gptq"): "win"}
+    row = verdicts[(verdicts["baseline"] == "gptq 3bit-g128") & (verdicts["method"] == "mint")].iloc[0]
     assert row["baseline_bytes"] == 1001 and row["size_bytes"] == 1003
     assert math.isclose(row["z"], row["dlogppl"] / row["se"])
 

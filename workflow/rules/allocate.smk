@@ -82,6 +82,34 @@ rule quantize:
         " --mlx-out {output.mlx} --dequant-out {output.dequant} --workers {threads} > {log} 2>&1"
 
 
+rule quantize_gptq:
+    # MINT's allocation (variant mint) with GPTQ's rounding, calibrated on training text as
+    # baseline_gptq is (mint/gptq_rounding.py, in .venv-gptq): the same MLX folder, twin and bytes as
+    # `quantize` writes, so verify, evaluate and tables take it as the method mint-gptq.
+    input:
+        checkpoint=get_checkpoint,
+        allocation="results/{model}/alloc/mint/{budget}.json",
+        rules="results/{model}/rules.json",
+    output:
+        result="results/{model}/alloc/mint-gptq/{budget}.json",
+        mlx=directory("results/{model}/mlx/mint-gptq/{budget}"),
+        dequant=directory("results/{model}/dequant/mint-gptq/{budget}"),
+    params:
+        checkpoint=lambda wc: checkpoint_dir(wc.model),
+        seq_len=config["evaluation"]["seq_len"],
+    log:
+        "logs/{model}/quantize_gptq/{budget}.log",
+    benchmark:
+        "results/benchmarks/{model}/quantize_gptq/{budget}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    shell:
+        "{MINT} quantize-gptq --checkpoint {params.checkpoint} --rules {input.rules} --allocation {input.allocation}"
+        " --seq-len {params.seq_len} --threads {threads} --workers {threads} --mlx-out {output.mlx}"
+        " --dequant-out {output.dequant} --out {output.result} > {log} 2>&1"
+
+
 rule verify:
     # The file a user gets, checked in its runtime: mlx-lm loads the MLX folder and its logits on fixed
     # tokens must equal those of the dequantized twin that `evaluate` measures. A load failure or a
@@ -93,7 +121,7 @@ rule verify:
     output:
         "results/{model}/verify/{method}/{budget}.json",
     wildcard_constraints:
-        method=alternatives(VARIANTS + ["uniform", "mlx", "mint-all"]),
+        method=alternatives(VARIANTS + ["uniform", "mlx", "mint-all", GPTQ_ROUNDING]),
     params:
         tolerance=config["evaluation"]["verify_tolerance"],
     log:

@@ -21,6 +21,8 @@ PROVENANCE = f'--project "{workflow.basedir}" --config-sha256 {CONFIG_SHA256[:12
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
 BASELINES = ("uniform", "gptq", "mlx")
+# MINT's allocation (variant mint) rounded by GPTQ with calibration text: `mint quantize-gptq`.
+GPTQ_ROUNDING = "mint-gptq"
 # mlx-lm's calibrated dynamic_quant at a target bits per weight: "dynamic_4.8" at its default low and
 # high bits (4 and 5), "dynamic_3_6_4.5" at 3 and 6.
 MLX_DYNAMIC = r"dynamic_(?:\d_\d_)?\d+(?:\.\d+)?"
@@ -54,7 +56,7 @@ def alternatives(names):
 wildcard_constraints:
     model=alternatives(MODELS),
     variant=alternatives(VARIANTS),
-    method=alternatives(VARIANTS + list(BASELINES) + ["mint-all"]),
+    method=alternatives(VARIANTS + list(BASELINES) + ["mint-all", GPTQ_ROUNDING]),
     budget=alternatives(BUDGETS + BASELINE_CONFIGS),
     shard=r"[^/]+",
 
@@ -74,6 +76,26 @@ def check_local_sources():
 
 
 check_local_sources()
+
+
+def gptq_rounding_budgets(model):
+    """Budgets at which the model's `mint` allocation is also rounded by GPTQ (method mint-gptq)."""
+    return config["models"][model].get("gptq_rounding", [])
+
+
+def check_gptq_rounding():
+    """mint-gptq rounds the variant `mint`'s allocation at budgets the model allocates: say so now,
+    rather than as a missing input later."""
+    if GPTQ_ROUNDING in VARIANTS:
+        raise ValueError(f"the variant name {GPTQ_ROUNDING!r} is taken by GPTQ rounding; rename the variant")
+    for model in MODELS:
+        budgets = gptq_rounding_budgets(model)
+        if budgets and "mint" not in VARIANTS:
+            raise ValueError(f"model {model}: gptq_rounding rounds the variant `mint`'s allocation, "
+                             "which `variants` does not define")
+        stray = sorted(set(budgets) - set(get_budgets(model)))
+        if stray:
+            raise ValueError(f"model {model}: gptq_rounding budgets {stray} are not among its budgets")
 
 
 def checkpoint_dir(model):
@@ -308,6 +330,7 @@ def get_evaluations(model):
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
     if compares_clustering(model):
         runs += [("mint-all", b) for b in clustering_budgets(model)]
+    runs += [(GPTQ_ROUNDING, b) for b in gptq_rounding_budgets(model)]
     runs += [r for r in study_runs(model) if r not in runs]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
 
@@ -330,3 +353,6 @@ def get_study_flags():
     forced = forced_at_min_safe()
     return (f"--faithful {STUDY['faithful']} --study {' '.join(STUDY['variants'])}"
             f" --study-budgets {' '.join(STUDY['budgets'])}" + (f" --forced {' '.join(forced)}" if forced else ""))
+
+
+check_gptq_rounding()
