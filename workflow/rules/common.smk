@@ -39,9 +39,9 @@ if STUDY:
                          f"defined: {sorted(config['variants'])}")
 # The models whose GGUF comparison (issue 16) is part of the tables.
 GGUF_MODELS = config["gguf"]["models"]
-if sorted(set(GGUF_MODELS) - set(MODELS)):
-    raise ValueError(f"gguf.models names {sorted(set(GGUF_MODELS) - set(MODELS))}, which `models` does not define; "
-                     f"defined: {MODELS}")
+if set(GGUF_MODELS) - set(MODELS):
+    raise ValueError(f"gguf.models names {sorted(set(GGUF_MODELS) - set(MODELS))}, which `models` does not "
+                     f"define; defined: {MODELS}")
 # A budget equal to the faithful reproduction's own min-safe size.
 FAITHFUL_MIN_SAFE = "faithful-min-safe"
 BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]}
