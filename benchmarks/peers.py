@@ -10,8 +10,9 @@ peak resident memory (the largest ru_maxrss of the process tree, from wait4), th
 - analysis: `mint analyze` of every expert exactly (one process per shard, `--workers` at a time, as
   `snakemake --cores 2` runs it), and clustered (+ `mint experts`), against the floor: a plain read
   of the same files by the same number of processes;
-- GGUF export vs llama.cpp's quantize of the same type mix: a slot (`gguf_contenders`) that prints
-  "not built" until the GGUF export exists.
+- GGUF export: `mint convert --format gguf` (conversion, measurement in every ggml type, knapsack,
+  llama.cpp's quantizer) against llama.cpp's own route to a file of the same type mix (its converter,
+  then its quantizer with mint's per-tensor types), at mlx-lm's bytes.
 
 Not a test: run it by hand; the load average is printed first and last, since the machine may be shared.
 
@@ -126,8 +127,8 @@ def n_params(folder):
 def contender(name, commands, workers, files, work, log, pythonpath=None):
     """A function that runs `commands` once from a cold cache and returns (wall, cpu, peak)."""
     def once():
-        for path in work:
-            shutil.rmtree(path, ignore_errors=True)
+        for path in map(Path, work):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         evict(files)
         return run_jobs(commands, workers, log, pythonpath)
     once.name = name
@@ -152,10 +153,46 @@ def compare(title, results, ours, theirs, extra=""):
           f"{c0:6.1f} s), peak RSS {p1:5.0f} vs {p0:5.0f} MiB{extra}")
 
 
-def gguf_contenders(ckpt, workdir, log):
-    """Slot for mint's GGUF export vs llama.cpp's quantize of the same type mix (the same files
-    in, the same tensor types out). Returns the contenders, or None while the GGUF export is not built."""
-    return None
+# llama.cpp's own route from a Hugging Face folder to a GGUF of a known type mix: its converter to 16
+# bits, then its quantizer with per-tensor types (what `llama-quantize --tensor-type` does).
+LLAMA_CPP_ROUTE = """
+import json, sys
+from mint import gguf
+ckpt, f16, out, mix = sys.argv[1:]
+gguf.convert_to_gguf(ckpt, f16, False, pretokenizer="gpt-2")
+gguf.quantize_file(f16, out, json.loads(open(mix).read()))
+"""
+
+
+def gguf_contenders(ckpt, workdir, budget, log):
+    """mint's GGUF export (`mint convert --format gguf`, from a fresh work folder: conversion,
+    measurement in every ggml type, knapsack, llama.cpp's quantizer) against llama.cpp's own route to
+    the same file: its converter, then its quantizer told the type mix mint chose. The same files in,
+    the same tensor types out (checked). Needs a BPE tokenizer and an architecture in config.json."""
+    from mint import gguf
+
+    from mint.testing import write_tiny_bpe_tokenizer
+
+    for stale in ckpt.glob("tokenizer*"):
+        stale.unlink()
+    write_tiny_bpe_tokenizer(ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3MoeForCausalLM"]}, indent=2))
+    shards = sorted(ckpt.glob("*.safetensors"))
+    ours, theirs = workdir / "mint.gguf", workdir / "llama.gguf"
+    mint_run = contender("mint convert --format gguf", [[*MINT, "convert", ckpt, "--budget", budget, "--format",
+                                                         "gguf", "--out", ours, "--pretokenizer", "gpt-2", "--work",
+                                                         workdir / "gguf-work"]], 1, shards,
+                         [ours, workdir / "gguf-work"], log)
+    first = mint_run()  # its types set llama.cpp's mix
+    mix = workdir / "mix.json"
+    mix.write_text(json.dumps(gguf.file_types(ours)))
+    llama_run = contender("llama.cpp convert + quantize", [[sys.executable, "-c", LLAMA_CPP_ROUTE, ckpt,
+                                                            workdir / "llama-f16.gguf", theirs, mix]], 1, shards,
+                          [theirs, workdir / "llama-f16.gguf"], log)
+    print(f"  {'mint convert --format gguf':<34} {first[0]:7.1f} s wall {first[1]:7.1f} s CPU {first[2]:7.0f} MiB"
+          " (sets the type mix)")
+    return mint_run, llama_run, lambda: gguf.file_types(theirs) == gguf.file_types(ours)
 
 
 def main():
@@ -253,7 +290,10 @@ def main():
     export = measure(runs, args.repeats)
     mint_bytes = tensor_bytes(mint_out)
 
-    gguf = gguf_contenders(ckpt, work, log)
+    print("\n== GGUF export ==")
+    mint_gguf, llama_gguf, same_types = gguf_contenders(ckpt, work, str(mlx_bytes), log)
+    gguf_results = measure([mint_gguf, llama_gguf], args.repeats)
+    gguf_same = same_types()
 
     load = os.getloadavg()
     print(f"\n== ratios (how many times faster / the peaks) on {params / 1e9:.3f}B parameters; load average "
@@ -264,8 +304,8 @@ def main():
             f"{8 * mlx_bytes / params:.3f} bpw)")
     compare("mint quantize, 1 process, vs mlx_lm.convert", export, "mint quantize (1 process)",
             "mlx_lm.convert -q 4-bit g64")
-    if gguf is None:
-        print(f"{'mint GGUF export vs llama.cpp quantize':<44} not built yet (benchmarks/peers.py: gguf_contenders)")
+    compare("mint GGUF export vs llama.cpp's own", gguf_results, "mint convert --format gguf",
+            "llama.cpp convert + quantize", f"; same tensor types: {gguf_same}")
     if args.baseline:
         compare("mint quantize vs baseline quantize", export, f"mint quantize ({args.workers} workers)",
                 "baseline quantize")
@@ -281,8 +321,11 @@ def main():
               f"{cpu:6.1f} s CPU, {params / wall / 1e6:6.1f} M params/s, peak RSS {peak:5.0f} MiB")
     if not args.keep:
         shutil.rmtree(work / "ckpt", ignore_errors=True)
-        for path in (mlx_out, mint_out, exact, clustered, units, work / "baseline-exact", work / "baseline-clustered"):
+        for path in (mlx_out, mint_out, exact, clustered, units, work / "baseline-exact", work / "baseline-clustered",
+                     work / "gguf-work"):
             shutil.rmtree(path, ignore_errors=True)
+        for path in work.glob("*.gguf"):
+            path.unlink()
 
 
 if __name__ == "__main__":

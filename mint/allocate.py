@@ -687,7 +687,8 @@ def quantization_dict(chosen):
 
 
 def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=None,
-             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None, rho=None, raised_floor_db=None):
+             time_limit_s=TIME_LIMIT_S, loss="nrmse", menu=None, rho=None, raised_floor_db=None,
+             lowered_floor_db=None):
     """Choose one option per unit within `budget` (METHOD.md §4).
 
     Args:
@@ -703,6 +704,9 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         raised_floor_db: a second, higher floor, used instead of `sqnr_floor_db` whenever the budget
             can give every unit that much (None: the floor is fixed). Near the floor a unit's error
             is larger than its NRMSE cost suggests; where the budget allows, no unit goes there.
+        lowered_floor_db: a lower floor (0: none), used instead of failing when the budget is below
+            the min-safe size at `sqnr_floor_db`: how the method meets a baseline's exact size that is
+            smaller than its safe minimum. The result says so (`floor_lowered`).
     Returns:
         A JSON-serializable dict: sizes, objective, LP bound, gap, time, per-unit choices and the
         mlx-lm `quantization` dict. gap_abs bounds objective - optimum (0: proven optimal).
@@ -723,6 +727,11 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         raised = candidate_options(units, raised_floor_db, priors, loss, menu, rho).reset_index(drop=True)
         if int(raised.groupby("uid")["bytes"].min().sum()) <= budget_bytes:
             sqnr_floor_db, options = raised_floor_db, raised
+    floor_lowered = False
+    if budget_bytes < min_safe and lowered_floor_db is not None and lowered_floor_db < sqnr_floor_db:
+        sqnr_floor_db, floor_lowered = lowered_floor_db, True
+        options = candidate_options(units, sqnr_floor_db, priors, loss, menu, rho).reset_index(drop=True)
+        min_safe = int(options.groupby("uid")["bytes"].min().sum())
     if budget_bytes < min_safe:
         raise BudgetError(
             f"budget {budget!r} = {budget_bytes} bytes is below the min-safe size "
@@ -782,6 +791,7 @@ def allocate(units, budget, solver="exact", sqnr_floor_db=SQNR_FLOOR_DB, priors=
         "free_units": int(solved["free_units"]),   # left by reduced-cost fixing (exact solver)
         "sqnr_floor_db": float(sqnr_floor_db),   # the floor applied (the raised one if it was)
         "raised_floor_db": None if raised_floor_db is None else float(raised_floor_db),
+        "floor_lowered": floor_lowered,   # the budget was below min-safe: lowered_floor_db applied
         "loss": loss,
         "menu": None if menu is None else [list(c) for c in sorted(menu)],
         # The exporter quantizes each unit the way its curve was measured (plain range or clip search).
@@ -849,12 +859,12 @@ def summary(result):
 
 def allocate_files(units, budget, out, solver="exact", sqnr_floor=SQNR_FLOOR_DB, prior=None,
                    time_limit=TIME_LIMIT_S, loss="nrmse", bits=None, group_sizes=None, importance=None,
-                   raised_floor=None):
+                   raised_floor=None, floor_below_min_safe=None):
     """Read the tables, allocate, write the JSON to `out`; returns the result."""
     priors = dict(prior or [])
     rho = pd.read_parquet(importance).set_index("unit")["rho"] if importance else None
     result = allocate(load_units(units), budget, solver, sqnr_floor, priors, time_limit, loss,
-                      config_menu(bits, group_sizes), rho, raised_floor)
+                      config_menu(bits, group_sizes), rho, raised_floor, floor_below_min_safe)
     write_allocation(result, out, drop=RUN_KEYS)
     return result
 
@@ -908,6 +918,9 @@ def main(argv=None):
                         help="offer only these group sizes (e.g. 64 128: no g32, faster kernels)")
     parser.add_argument("--raised-floor", type=float, default=None, metavar="DB",
                         help="use this higher SQNR floor instead whenever the budget can give every unit that much")
+    parser.add_argument("--floor-below-min-safe", type=float, default=None, metavar="DB",
+                        help="below the min-safe size, allocate at this lower SQNR floor (0: none) instead of "
+                             "failing; the result records floor_lowered")
     parser.add_argument("--out", required=True, help="allocation JSON to write")
     args = parser.parse_args(argv)
     try:

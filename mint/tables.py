@@ -22,6 +22,7 @@ Each table carries the commit and the config hash that made it.
 import argparse
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,25 +114,65 @@ def _row(model, method, budget, info, size_bytes, n_params, ev, eval_dir):
     if info is not None:
         row.update(solver=info.get("solver"), objective=info.get("objective"), lp_bound=info.get("lp_bound"),
                    gap_rel=info.get("gap_rel"), budget_bytes=info.get("budget_bytes"),
+                   floor_lowered=bool(info.get("floor_lowered", False)),
                    bits=format_bits(info["bit_distribution"]) if "bit_distribution" in info
                    else f"{info.get('bits')}b g{info.get('group_size')} (quantized layers)")
     return row
 
 
+BASELINE_METHODS = ("uniform", "gptq", "mlx")
+# A budget named after a baseline run ("gptq-3bit-g128", "mlx-mixed_3_6") is that run's exact size.
+MATCHED_BUDGET = re.compile(r"^(?P<baseline>uniform|gptq|mlx)-(?P<config>.+)$")
+
+
+def matched_baseline(group, budget):
+    """The baseline run whose exact size `budget` names, in one model's runs, or None."""
+    m = MATCHED_BUDGET.match(budget)
+    if m is None:
+        return None
+    hit = group[(group["method"] == m["baseline"]) & (group["budget"] == m["config"])]
+    return hit.iloc[0] if len(hit) else None
+
+
 def add_paired(runs):
-    """Paired per-window log-PPL difference of each run against 16-bit and against GPTQ 4-bit g128."""
+    """Paired per-window log-PPL difference of each run against 16-bit and, for a run at a baseline's
+    exact size, against that baseline (same windows: positive = this run is worse)."""
     out = runs.copy()
     for model, group in runs.groupby("model"):
         bf16 = group[group["method"] == "bf16"].iloc[0]["windows"]
-        gptq = group[(group["method"] == "gptq")]
         for i, row in group.iterrows():
             if row["method"] != "bf16":
                 d = paired_comparison(bf16, row["windows"])
                 out.loc[i, ["dlogppl_vs_bf16", "se_vs_bf16"]] = d["mean_diff_log_ppl"], d["se"]
-            if len(gptq) and row["method"] != "gptq":
-                d = paired_comparison(gptq.iloc[0]["windows"], row["windows"])
-                out.loc[i, ["dlogppl_vs_gptq", "se_vs_gptq"]] = d["mean_diff_log_ppl"], d["se"]
+            base = matched_baseline(group, row["budget"])
+            if base is not None and row["method"] not in BASELINE_METHODS:
+                d = paired_comparison(base["windows"], row["windows"])
+                out.loc[i, ["matched_to", "dlogppl_vs_matched", "se_vs_matched"]] = (
+                    label(base), d["mean_diff_log_ppl"], d["se"])
     return out
+
+
+def matched_verdicts(runs, significant_se=None):
+    """Each method run at a baseline's exact size against that baseline: the headline comparison.
+
+    dlogppl = mean over windows of (log PPL of the method - log PPL of the baseline), negative is
+    better; a win or a loss is a difference past SIGNIFICANT_SE standard errors, else a tie.
+    """
+    significant_se = significant_se or SIGNIFICANT_SE
+    rows = []
+    matched = runs[runs["matched_to"].notna()] if "matched_to" in runs else runs.iloc[:0]
+    for _, r in matched.iterrows():
+        base = matched_baseline(runs[runs["model"] == r["model"]], r["budget"])
+        z = r["dlogppl_vs_matched"] / r["se_vs_matched"] if r["se_vs_matched"] > 0 else 0.0
+        rows.append(dict(model=r["model"], baseline=r["matched_to"], method=r["method"],
+                         avg_bits=r["avg_bits"], size_bytes=r["size_bytes"], baseline_bytes=base["size_bytes"],
+                         ppl_method=r["ppl_mean"], ppl_baseline=base["ppl_mean"],
+                         kld_method=r["kld"], kld_baseline=base["kld"],
+                         dlogppl=r["dlogppl_vs_matched"], se=r["se_vs_matched"], z=z,
+                         verdict="win" if z < -significant_se else "loss" if z > significant_se else "tie"))
+    cols = ["model", "baseline", "method", "avg_bits", "size_bytes", "baseline_bytes", "ppl_method",
+            "ppl_baseline", "kld_method", "kld_baseline", "dlogppl", "se", "z", "verdict"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["model", "avg_bits", "method"])
 
 
 def label(row):
@@ -141,7 +182,8 @@ def label(row):
         return f"{row['method']} {row['budget']}"
     if row["method"] == "mlx":
         return f"mlx-lm {row['budget']}"
-    return f"{row['method']} @ {row['budget']}"
+    lowered = " (no floor: below min-safe)" if row.get("floor_lowered") in (True,) else ""
+    return f"{row['method']} @ {row['budget']}{lowered}"
 
 
 def status(row, ppl16):
@@ -154,7 +196,7 @@ def matched_size_table(runs):
     keep = runs["method"].isin(["bf16", "uniform", "gptq", "mlx"]) | (
         runs["budget"].str.match(r"^(gptq|uniform|mlx)-") & (runs["method"] != "mint-all"))
     cols = ["model", "method_label", "size_gib", "avg_bits", "ppl_mean", "ppl_median", "ppl_trimmed5", "kld",
-            "dlogppl_vs_gptq", "se_vs_gptq", "dlogppl_vs_bf16", "se_vs_bf16", "verified"]
+            "matched_to", "dlogppl_vs_matched", "se_vs_matched", "dlogppl_vs_bf16", "se_vs_bf16", "verified"]
     table = runs[keep].assign(method_label=runs[keep].apply(label, axis=1))
     return table.reindex(columns=cols).sort_values(["model", "size_gib"])
 
@@ -365,6 +407,7 @@ def make_tables(results, tables, plots_dir, config="config/config.yaml", faithfu
     line = f"Made by commit {commit} with config sha256 {digest}."
     write_table(runs.drop(columns=["windows"]), tables / "results", line)
     write_table(matched_size_table(regular), tables / "matched_size", line)
+    write_table(matched_verdicts(regular), tables / "matched_verdicts", line)
     write_table(budget_sweep_table(regular), tables / "budget_sweep", line)
     write_table(solver_table(runs), tables / "solver", line)
     write_table(clustering_table(runs, results), tables / "clustering", line)

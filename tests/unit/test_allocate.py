@@ -413,3 +413,24 @@ def test_raised_floor_applies_only_where_the_budget_allows_it():
         want = A.allocate(units, budget, sqnr_floor_db=floor)
         assert got["sqnr_floor_db"] == floor and got["objective"] == pytest.approx(want["objective"])
         assert min(u["sqnr_db"] for u in got["units"]) >= floor
+
+
+def test_lowered_floor_applies_only_below_the_min_safe_size():
+    units = model_units(40, seed=3)
+    safe, bare = A.min_safe_bytes(units, 9.0), A.min_safe_bytes(units, 0.0)
+    assert bare < safe
+    below = (bare + safe) // 2
+    with pytest.raises(A.BudgetError, match="min-safe"):
+        A.allocate(units, below, sqnr_floor_db=9.0)
+    got = A.allocate(units, below, sqnr_floor_db=9.0, lowered_floor_db=0.0)
+    want = A.allocate(units, below, sqnr_floor_db=0.0)
+    assert got["floor_lowered"] and got["sqnr_floor_db"] == 0.0
+    assert got["objective"] == pytest.approx(want["objective"]) and got["total_bytes"] <= below
+    assert min(u["sqnr_db"] for u in got["units"]) < 9.0  # something below the floor was needed
+    for budget in (safe, 2 * safe):  # at or above min-safe the floor stays
+        kept = A.allocate(units, budget, sqnr_floor_db=9.0, lowered_floor_db=0.0)
+        plain = A.allocate(units, budget, sqnr_floor_db=9.0)
+        assert not kept["floor_lowered"] and kept["sqnr_floor_db"] == 9.0
+        assert kept["objective"] == pytest.approx(plain["objective"])
+    with pytest.raises(A.BudgetError, match="min-safe"):  # below even the floor-free minimum
+        A.allocate(units, bare - 1, sqnr_floor_db=9.0, lowered_floor_db=0.0)

@@ -51,7 +51,7 @@ use rule allocate as allocate_all_experts with:
         solver=config["variants"]["mint"].get("solver", "exact"),
         floor=config["variants"]["mint"].get("sqnr_floor_db", 9.0),
         budget=get_budget_spec,
-        extra="",
+        extra=get_matched_floor_flag,
     log:
         "logs/{model}/allocate/mint-all/{budget}.log",
     benchmark:

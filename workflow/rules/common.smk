@@ -189,7 +189,13 @@ def get_variant_flags(wildcards):
     flags += [f"--bits {' '.join(map(str, v['bits']))}"] if "bits" in v else []
     flags += [f"--group-sizes {' '.join(map(str, v['group_sizes']))}"] if "group_sizes" in v else []
     flags += [f"--raised-floor {v['raised_floor_db']}"] if "raised_floor_db" in v else []
-    return " ".join(flags)
+    return " ".join(flags + [get_matched_floor_flag(wildcards)])
+
+
+def get_matched_floor_flag(wildcards):
+    """At a baseline's exact size below the method's min-safe size (mlx-lm's mixed_2_6, say), the
+    method drops its SQNR floor rather than fail, and the tables say so: a matched comparison needs a run."""
+    return "--floor-below-min-safe 0" if MATCHED.match(wildcards.budget) else ""
 
 
 def units_analysis(tag):
@@ -249,7 +255,20 @@ def get_all_experts_tables(wildcards):
 
 
 def compares_clustering(model):
-    return config["models"][model].get("compare_clustering", False) and "mint" in VARIANTS
+    return bool(config["models"][model].get("compare_clustering", False)) and "mint" in VARIANTS
+
+
+def clustering_budgets(model):
+    """The budgets of the clustering comparison: `compare_clustering: true` means all the model's."""
+    chosen = config["models"][model].get("compare_clustering", False)
+    if not compares_clustering(model):
+        return []
+    if chosen is True:
+        return get_budgets(model)
+    unknown = sorted(set(chosen) - set(get_budgets(model)))
+    if unknown:
+        raise ValueError(f"model {model}: compare_clustering names budgets {unknown} the model does not list")
+    return list(chosen)
 
 
 def get_allocations(model):
@@ -294,7 +313,7 @@ def get_evaluations(model):
     runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
     if compares_clustering(model):
-        runs += [("mint-all", b) for b in get_budgets(model)]
+        runs += [("mint-all", b) for b in clustering_budgets(model)]
     runs += [r for r in study_runs(model) if r not in runs]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
 
