@@ -521,13 +521,26 @@ def convert_gguf(path, budget, out, preset, work_folder, overwrite=False, progre
     return allocation, reused
 
 
+def type_shares(params_per_type):
+    """{"Q4_K": 610, "Q6_K": 300, "F32": 4} -> "Q4_K 67%, Q6_K 33%, F32 0%" (shares of parameters)."""
+    total = sum(params_per_type.values())
+    return ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in sorted(params_per_type.items(), key=lambda x: -x[1]))
+
+
 def describe_types(allocation):
-    """Share of parameters per ggml type, e.g. 'Q4_K 61%, Q6_K 30%, F32 0%'."""
+    """Share of parameters per ggml type of an allocation, e.g. 'Q4_K 61%, Q6_K 30%, F32 0%'."""
     per_type = {}
     for u in allocation["units"]:
         per_type[u["ggml_type"]] = per_type.get(u["ggml_type"], 0) + int(u["n_params"])
-    total = sum(per_type.values())
-    return ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in sorted(per_type.items(), key=lambda x: -x[1]))
+    return type_shares(per_type)
+
+
+def file_params(path):
+    """{ggml type name: number of weights} over the tensors of the GGUF file at `path`."""
+    per_type = {}
+    for t in read_gguf(path).tensors:
+        per_type[type_name(t)] = per_type.get(type_name(t), 0) + int(t.n_elements)
+    return per_type
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,34 +597,46 @@ def evaluate_gguf(path, tokenizer_dir, reference=None, seq_len=512, windows=None
     """METHOD.md §5 on a GGUF file, with llama.cpp's own logits: the same windows as `mint evaluate`
     (tokenized by the source checkpoint's tokenizer), and against a `reference` GGUF (the 16-bit
     conversion) the KLD and the paired comparison. Returns a JSON-ready dict plus "windows"."""
+    return evaluate_ggufs([path], tokenizer_dir, reference, seq_len, windows, text, seed, threads, progress)[0]
+
+
+def evaluate_ggufs(paths, tokenizer_dir, reference=None, seq_len=512, windows=None, text="wikitext2-test",
+                   seed=42, threads=None, progress=True):
+    """`evaluate_gguf` of several files on the same windows, one result each. The reference's logits of
+    a window are computed once and scored against every file (all files are open at once), so n files
+    cost n + 1 passes rather than 2n."""
     from transformers import AutoTokenizer
 
     from mint import data
     from mint.evaluate import empty_scores, make_windows, reference_statistics, score_window, summarize
 
-    model = open_llama(path, seq_len, threads)
+    models = [open_llama(path, seq_len, threads) for path in paths]
     ref = open_llama(reference, seq_len, threads) if reference else None
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     ids = tokenizer(data.load_eval_text(text), add_special_tokens=False)["input_ids"]
     x, index, total = make_windows(ids, seq_len, windows, seed)
     n = len(x)
-    scores = empty_scores(n, seq_len, ref is not None)
+    scores = [empty_scores(n, seq_len, ref is not None) for _ in paths]
     for i in tqdm(range(n), desc="windows (llama.cpp)", disable=not progress, mininterval=5):
-        logits = torch.from_numpy(window_logits(model, x[i].tolist()))
         ref_logits = torch.from_numpy(window_logits(ref, x[i].tolist())) if ref is not None else None
-        score_window(scores, i, x[i], logits, ref_logits, dtype=torch.float64)
-    model.close()
-    per_window = {"window_index": index, "window_start": index * seq_len, **scores}
-    size = Path(path).stat().st_size
-    result = {"gguf": str(path), "reference_gguf": str(reference) if reference else None, "text": text,
-              "seq_len": seq_len, "seed": seed, "text_tokens": len(ids), "windows_available": int(total),
-              **summarize(scores["nll_sum"], scores["n_tokens"]),
-              "weights_size_bytes": size, "weights_size_gib": size / 1024**3}
-    if ref is not None:
-        ref.close()
-        result.update(reference_statistics(scores, per_window))
-    result["windows"] = per_window
-    return result
+        for model, score in zip(models, scores):
+            logits = torch.from_numpy(window_logits(model, x[i].tolist()))
+            score_window(score, i, x[i], logits, ref_logits, dtype=torch.float64)
+    for model in models + ([ref] if ref is not None else []):
+        model.close()
+    results = []
+    for path, score in zip(paths, scores):
+        per_window = {"window_index": index, "window_start": index * seq_len, **score}
+        size = Path(path).stat().st_size
+        result = {"gguf": str(path), "reference_gguf": str(reference) if reference else None, "text": text,
+                  "seq_len": seq_len, "seed": seed, "text_tokens": len(ids), "windows_available": int(total),
+                  **summarize(score["nll_sum"], score["n_tokens"]),
+                  "weights_size_bytes": size, "weights_size_gib": size / 1024**3}
+        if ref is not None:
+            result.update(reference_statistics(score, per_window))
+        result["windows"] = per_window
+        results.append(result)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,7 +668,10 @@ def compare_presets(f16, units, header, out_dir, presets=tuple(PRESET_FTYPES), s
         preset_bytes = Path(preset_file).stat().st_size
         allocation = allocate_gguf(units, header, preset_bytes, sqnr_floor_db=sqnr_floor_db)
         mint_bytes = write_gguf(f16, allocation, out_dir / f"mint-{preset}.gguf", overwrite=True, threads=threads)
+        params = file_params(preset_file)
         rows.append(dict(preset=preset, preset_bytes=preset_bytes, mint_bytes=mint_bytes,
+                         n_params=sum(params.values()),
                          preset_objective=preset_objective(units, file_types(preset_file)),
-                         mint_objective=allocation["objective"], mint_types=describe_types(allocation)))
+                         mint_objective=allocation["objective"], preset_types=type_shares(params),
+                         mint_types=describe_types(allocation)))
     return pd.DataFrame(rows)

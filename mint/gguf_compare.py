@@ -6,7 +6,9 @@ For each preset (Q2_K, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, made by `llama_model_quanti
 no importance matrix), MINT-GGUF is allocated at exactly the preset file's bytes (no SQNR floor, so
 that both solve the same problem) and both files are evaluated on the same WikiText-2 windows:
 perplexity, KLD against the 16-bit conversion, and MINT's paired delta log-PPL against the preset.
-The files are written in a temporary folder and deleted; the table keeps the numbers.
+All files are scored in one pass over the windows, the 16-bit file's logits computed once per window.
+The files are written in a temporary folder and deleted; the table keeps the numbers, the windows'
+parameters (seq_len, seed, count, text tokens: together they fix the windows) and the types mixes.
 """
 
 import argparse
@@ -28,20 +30,24 @@ def compare(checkpoint, out, presets=tuple(gguf.PRESET_FTYPES), windows=32, seq_
         f16 = gguf.convert_to_gguf(checkpoint, tmp / "model-16bit.gguf", progress, pretokenizer)
         units, _, _, header = gguf.measure_gguf(f16, progress=progress)
         files = gguf.compare_presets(f16, units, header, tmp, presets, threads=threads)
+        paths = [tmp / name for r in files.itertuples() for name in (f"{r.preset}.gguf", f"mint-{r.preset}.gguf")]
+        scored = dict(zip(paths, gguf.evaluate_ggufs(paths, checkpoint, f16, seq_len, windows, text, seed, threads,
+                                                     progress=progress)))
         rows = []
         for r in files.itertuples():
-            scored = {}
-            for method, path in (("preset", tmp / f"{r.preset}.gguf"), ("mint", tmp / f"mint-{r.preset}.gguf")):
-                scored[method] = gguf.evaluate_gguf(path, checkpoint, f16, seq_len, windows, text, seed, threads,
-                                                    progress=False)
-            paired = paired_comparison(scored["preset"]["windows"], scored["mint"]["windows"])
+            preset, mint = scored[tmp / f"{r.preset}.gguf"], scored[tmp / f"mint-{r.preset}.gguf"]
+            paired = paired_comparison(preset["windows"], mint["windows"])
             rows.append(dict(preset=r.preset, bytes_preset=r.preset_bytes, bytes_mint=r.mint_bytes,
-                             ppl_16bit=scored["mint"]["reference"]["ppl_mean"],
-                             ppl_preset=scored["preset"]["ppl_mean"], ppl_mint=scored["mint"]["ppl_mean"],
-                             kld_preset=scored["preset"]["kld_mean"], kld_mint=scored["mint"]["kld_mean"],
+                             n_params=r.n_params, bpw_preset=8 * r.preset_bytes / r.n_params,
+                             bpw_mint=8 * r.mint_bytes / r.n_params,
+                             ppl_16bit=mint["reference"]["ppl_mean"], ppl_preset=preset["ppl_mean"],
+                             ppl_mint=mint["ppl_mean"], ppl_median_16bit=mint["reference"]["ppl_median"],
+                             ppl_median_preset=preset["ppl_median"], ppl_median_mint=mint["ppl_median"],
+                             kld_preset=preset["kld_mean"], kld_mint=mint["kld_mean"],
                              dlogppl_mint_vs_preset=paired["mean_diff_log_ppl"], dlogppl_se=paired["se"],
                              objective_preset=r.preset_objective, objective_mint=r.mint_objective,
-                             mint_types=r.mint_types, n_windows=scored["mint"]["n_windows"]))
+                             preset_types=r.preset_types, mint_types=r.mint_types, n_windows=mint["n_windows"],
+                             seq_len=seq_len, seed=seed, text=text, text_tokens=mint["text_tokens"]))
     table = pd.DataFrame(rows)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.6g")

@@ -5,6 +5,7 @@
 - `plot_clusters`: the k-means clusters of one expert stack, representatives marked.
 - `plot_ppl_vs_size`: perplexity against size for every method of a model.
 - `plot_frontier`: the objective against size over the budgets of `mint plan`.
+- `plot_gguf`: KLD against bits per weight, llama.cpp's presets and MINT-GGUF at their bytes.
 Each takes tables or dicts and a path; nothing here computes results.
 """
 
@@ -144,6 +145,26 @@ def plot_variants(table, path, title="Variants vs the faithful reproduction at e
     axes[0][0].set_ylabel("paired mean diff. of log PPL vs faithful (below 0 = better)")
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_gguf(table, path, title="llama.cpp's presets and MINT-GGUF at the same bytes"):
+    """KLD against the 16-bit GGUF over bits per weight, one panel per model: the presets (labelled)
+    and MINT-GGUF at each preset file's bytes. Log KLD: the presets span two orders of magnitude."""
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5 * max(len(models), 1), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = table[table["model"] == model].sort_values("bpw_preset")
+        ax.plot(rows["bpw_preset"], rows["kld_preset"], marker="s", label="llama.cpp preset (no imatrix)")
+        ax.plot(rows["bpw_mint"], rows["kld_mint"], marker="o", label="MINT-GGUF at the preset's bytes")
+        for r in rows.itertuples():
+            ax.annotate(r.preset, (r.bpw_preset, r.kld_preset), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per weight (file bytes x 8 / weights)")
+        ax.set_title(model, fontsize=9)
+    axes[0][0].set_ylabel("KLD vs the 16-bit GGUF (nats/token)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
 

@@ -14,6 +14,8 @@ evaluations with their per-window losses, unit tables) and writes:
 - `variants.*` (with a variant study): each variant against the faithful reproduction at equal bytes,
   per model and budget: KLD, and the paired per-window log-perplexity difference with its standard
   error; `variants_summary.*` counts, per variant, where it is better or worse by more than 2 SE.
+- `gguf.*` (for the models named): llama.cpp's presets against MINT-GGUF at each preset file's bytes,
+  both scored by llama.cpp (`mint gguf-compare`), with whether its windows are the other tables'.
 Each table carries the commit and the config hash that made it.
 """
 
@@ -352,6 +354,51 @@ def reference_table(runs, results_dir):
     return pd.DataFrame(rows)
 
 
+# The columns of a model's gguf/compare.csv that the GGUF table shows (`mint gguf-compare` writes them).
+GGUF_COLUMNS = ["preset", "bytes_preset", "bytes_mint", "bpw_preset", "bpw_mint", "ppl_16bit", "ppl_preset",
+                "ppl_mint", "ppl_median_preset", "ppl_median_mint", "kld_preset", "kld_mint",
+                "dlogppl_mint_vs_preset", "dlogppl_se", "preset_types", "mint_types", "n_windows", "seq_len",
+                "seed", "text", "text_tokens"]
+# What fixes an evaluation's windows (evaluate.make_windows), with the same tokenizer (the checkpoint's).
+WINDOW_KEYS = ["text", "text_tokens", "seq_len", "seed", "n_windows"]
+
+
+def gguf_table(results_dir, models):
+    """llama.cpp's presets against MINT-GGUF at each preset's bytes, one row per model and preset.
+
+    dlogppl = mean over windows of (log PPL of MINT-GGUF - log PPL of the preset): negative is better
+    for MINT; the verdict counts past 2 SE. same_windows: the comparison was scored on the windows of
+    the model's other tables (same text, tokens, window length, seed and count as its 16-bit run).
+    """
+    frames = []
+    for model in models:
+        path = Path(results_dir) / model / "gguf" / "compare.csv"
+        compare = pd.read_csv(path)
+        missing = [c for c in GGUF_COLUMNS if c not in compare.columns]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}: written by an older `mint gguf-compare`; delete it and rerun")
+        bf16 = _read(Path(results_dir) / model / "eval" / "bf16.json")
+        same = np.logical_and.reduce([compare[k] == bf16[k] for k in WINDOW_KEYS])
+        z = compare["dlogppl_mint_vs_preset"] / compare["dlogppl_se"]
+        verdict = np.where(z < -SIGNIFICANT_SE, "mint better", np.where(z > SIGNIFICANT_SE, "preset better", "same"))
+        frames.append(compare.assign(model=model, z=z, verdict=verdict, same_windows=same))
+    cols = ["model", "preset", "bytes_preset", "bytes_mint", "bpw_preset", "bpw_mint", "ppl_16bit", "ppl_preset",
+            "ppl_mint", "ppl_median_preset", "ppl_median_mint", "kld_preset", "kld_mint", "dlogppl_mint_vs_preset",
+            "dlogppl_se", "z", "verdict", "preset_types", "mint_types", "n_windows", "seq_len", "same_windows"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def gguf_windows_note(table):
+    """One line saying on which windows the GGUF table was scored, and whether they are the others'."""
+    if table.empty:
+        return "No model has the GGUF comparison."
+    counts = ", ".join(f"{m}: {int(g['n_windows'].iloc[0])}" for m, g in table.groupby("model"))
+    same = "the same windows as the other tables" if table["same_windows"].all() else (
+        "NOT the other tables' windows (gguf.windows differs from evaluation.windows) where same_windows is False")
+    return (f"Scored by llama.cpp's logits on WikiText-2 windows of {int(table['seq_len'].iloc[0])} tokens "
+            f"(windows per model: {counts}); {same}.")
+
+
 def write_table(df, stem, provenance_line):
     """CSV for machines, Markdown for people; both say what made them."""
     with files.replaced(f"{stem}.csv") as tmp:
@@ -381,8 +428,16 @@ def make_plots(runs, results_dir, plots_dir):
                                     f"{model}: mint @ {pick['budget']} ({pick['avg_bits']:.2f} bpw)")
 
 
+def make_gguf_table(results, models, tables, plots_dir, provenance_line):
+    """gguf.csv / gguf.md (with the line saying which windows) and the KLD plot gguf_kld.png."""
+    table = gguf_table(results, models)
+    write_table(table, Path(tables) / "gguf", f"{provenance_line} {gguf_windows_note(table)}")
+    plots.plot_gguf(table, Path(plots_dir) / "gguf_kld.png")
+    return table
+
+
 def make_tables(results, tables, plots_dir, config="config/config.yaml", faithful=None, study=(),
-                study_budgets=(), forced=(), project=".", config_sha256=None):
+                study_budgets=(), forced=(), gguf_models=(), project=".", config_sha256=None):
     runs = add_paired(collect_runs(results))
     study_only = set(study) - {"mint", faithful}
     regular = runs[~runs["method"].isin(study_only)]
@@ -402,6 +457,8 @@ def make_tables(results, tables, plots_dir, config="config/config.yaml", faithfu
         write_table(table, tables / "variants", line)
         write_table(variants_summary(table), tables / "variants_summary", line)
         plots.plot_variants(table, Path(plots_dir) / "variants_kld.png")
+    if gguf_models:
+        make_gguf_table(results, gguf_models, tables, plots_dir, line)
     make_plots(regular, results, plots_dir)
     print(f"{len(runs)} evaluated runs -> {tables}, plots -> {plots_dir}")
 
@@ -419,6 +476,8 @@ def main(argv=None):
     p.add_argument("--study-budgets", nargs="*", default=(), help="the variant study's budgets")
     p.add_argument("--forced", nargs="*", default=(),
                    help="study variants whose allocation at the faithful min-safe size is the faithful one")
+    p.add_argument("--gguf-models", nargs="*", default=(),
+                   help="models whose results/{model}/gguf/compare.csv (mint gguf-compare) makes the GGUF table")
     args = p.parse_args(argv)
     make_tables(**vars(args))
     return 0

@@ -173,3 +173,36 @@ def test_variant_study_runs_every_switch_to_the_variants_table(workdir):
                    ("greedy-output", "faithful-min-safe", "forced"), ("greedy-output", "4.5bpw", "-"),
                    ("greedy-no-g32", "4.5bpw", "-")}
     assert (table.loc[table["variant"] == "mint-greedy", "dlogppl"] == 0).all()
+
+
+def test_tables_include_the_gguf_comparison_of_the_configured_models(tmp_path):
+    """gguf.models puts those models' `mint gguf-compare` into the DAG of results/tables (dry run), on
+    the evaluation's windows unless gguf.windows says otherwise; a name not under models is an error."""
+    def plan(gguf):
+        config = {"models": {m: {"source": {"reference": m}, "budgets": ["4.5bpw"], "variants": ["mint"]}
+                             for m in ("mini-mixtral", "mini-qwen3moe", "mini-llama4")},
+                  "variants": {"mint": {"solver": "exact"}}, "reference_profile": "quick",
+                  "evaluation": {"seq_len": 64, "windows": 4}, "gguf": gguf}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        return snakemake(tmp_path, "-n", "-p", "results/tables")
+
+    run = plan({"models": ["mini-mixtral", "mini-qwen3moe"], "presets": ["Q4_K_M"]})
+    assert run.returncode == 0, run.stderr[-3000:]
+    compares = re.findall(r"mint gguf-compare (.*)", run.stdout)
+    assert sorted(re.search(r"--out results/([\w-]+)/gguf/compare.csv", c)[1] for c in compares) == \
+        ["mini-mixtral", "mini-qwen3moe"]
+    assert all("--presets Q4_K_M --windows 4 --seq-len 64" in c for c in compares), compares
+    assert re.search(r"mint tables .*--gguf-models mini-mixtral mini-qwen3moe", run.stdout)
+    tables_input = re.search(r"rule tables:\n\s*input: ([^\n]*)", run.stdout)[1].split(", ")
+    assert sorted(f for f in tables_input if "/gguf/" in f) == ["results/mini-mixtral/gguf/compare.csv",
+                                                               "results/mini-qwen3moe/gguf/compare.csv"]
+
+    run = plan({"models": ["mini-mixtral"], "windows": 2})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.findall(r"mint gguf-compare .*--windows (\d+)", run.stdout) == ["2"]
+
+    run = plan({})
+    assert run.returncode == 0 and "gguf-compare" not in run.stdout and "--gguf-models" not in run.stdout
+
+    run = plan({"models": ["mini-nothing"]})
+    assert run.returncode != 0 and "gguf.models names ['mini-nothing']" in run.stdout + run.stderr

@@ -358,6 +358,20 @@ def test_mint_evaluate_gguf_uses_llama_cpp_logits(exported, tmp_path, capsys):
     assert windows["nll_sum"][0] == pytest.approx(-logp[np.arange(31), x[1:]].sum(), rel=1e-4)
 
 
+def test_files_scored_together_score_as_each_alone(exported):
+    """evaluate_ggufs computes the reference's logits once per window for all files: each file's
+    scores are those of its own evaluate_gguf run, and the reference scored against itself has KLD 0."""
+    args = dict(tokenizer_dir=exported["ckpt"], reference=exported["f16"], seq_len=32, windows=2, threads=2,
+                progress=False)
+    together = gguf.evaluate_ggufs([exported["out"], exported["f16"]], **args)
+    alone = gguf.evaluate_gguf(exported["out"], **args)
+    for key in ("nll_sum", "kld_sum", "ref_nll_sum", "top1_agree"):
+        np.testing.assert_allclose(together[0]["windows"][key], alone["windows"][key], rtol=1e-6)
+    itself = together[1]["windows"]
+    np.testing.assert_allclose(itself["nll_sum"], itself["ref_nll_sum"], rtol=1e-9)
+    assert np.abs(itself["kld_sum"]).max() < 1e-9 and together[0]["kld_mean"] > 0
+
+
 def test_mint_evaluate_rejects_a_corrupt_gguf_in_one_line(exported, tmp_path, capsys):
     from mint import evaluate
 

@@ -42,6 +42,11 @@ if STUDY:
     if unknown:
         raise ValueError(f"variant_study names variants {unknown} that `variants` does not define; "
                          f"defined: {sorted(config['variants'])}")
+# The models whose GGUF comparison (issue 16) is part of the tables.
+GGUF_MODELS = config["gguf"]["models"]
+if set(GGUF_MODELS) - set(MODELS):
+    raise ValueError(f"gguf.models names {sorted(set(GGUF_MODELS) - set(MODELS))}, which `models` does not "
+                     f"define; defined: {MODELS}")
 # A budget equal to the faithful reproduction's own min-safe size.
 FAITHFUL_MIN_SAFE = "faithful-min-safe"
 BUDGETS = sorted({b for m in config["models"].values() for b in m["budgets"]}
@@ -109,11 +114,22 @@ def checkpoint_dir(model):
 
 
 def get_gguf_flags(wildcards):
-    """Flags of `mint gguf-compare` from the config's gguf section (schema defaults filled)."""
-    g = config.get("gguf", {})
-    presets = " ".join(g.get("presets", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]))
-    return (f"--checkpoint {checkpoint_dir(wildcards.model)} --presets {presets} --windows {g.get('windows', 32)}"
-            f" --seq-len {config['evaluation']['seq_len']} --pretokenizer {g.get('pretokenizer', 'gpt-2')}")
+    """Flags of `mint gguf-compare` from the config's gguf section (schema defaults filled); without
+    gguf.windows, the evaluation's count, so that the GGUF table is scored on the other tables' windows."""
+    g = config["gguf"]
+    windows = g.get("windows", config["evaluation"]["windows"])
+    return (f"--checkpoint {checkpoint_dir(wildcards.model)} --presets {' '.join(g['presets'])} --windows {windows}"
+            f" --seq-len {config['evaluation']['seq_len']} --pretokenizer {g['pretokenizer']}")
+
+
+def get_gguf_tables():
+    """The GGUF comparison of every model in gguf.models: inputs of the tables."""
+    return [f"results/{m}/gguf/compare.csv" for m in GGUF_MODELS]
+
+
+def get_gguf_table_flags():
+    """`mint tables` flags naming the models of the GGUF table (empty without any)."""
+    return f"--gguf-models {' '.join(GGUF_MODELS)}" if GGUF_MODELS else ""
 
 
 def get_checkpoint(wildcards):

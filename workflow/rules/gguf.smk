@@ -1,5 +1,5 @@
 # GGUF (issue 16): llama.cpp's own preset mixes and MINT-GGUF at exactly their bytes, both evaluated
-# with llama.cpp's logits. Not part of results/tables: a target of its own (see config `gguf`).
+# with llama.cpp's logits. The models in config `gguf.models` make results/tables/gguf.* from it.
 
 
 rule gguf_compare:

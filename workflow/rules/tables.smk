@@ -3,6 +3,7 @@ rule tables:
         allocations=[a for m in MODELS for a in get_allocations(m)],
         evaluations=[e for m in MODELS for e in get_evaluations(m)],
         units=get_units_tables(),
+        gguf=get_gguf_tables(),
     output:
         report(directory("results/tables"), patterns=["{name}.csv"], caption="../report/tables.rst",
                category="Tables"),
@@ -10,8 +11,9 @@ rule tables:
                category="Plots"),
     params:
         study=get_study_flags(),
+        gguf=get_gguf_table_flags(),
     log:
         "logs/tables.log",
     shell:
         "{MINT} tables --results results --tables {output[0]} --plots {output[1]} {params.study}"
-        " {PROVENANCE} > {log} 2>&1"
+        " {params.gguf} {PROVENANCE} > {log} 2>&1"
