@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CORES  ?= 8
+# Snakemake's cores: this machine's (more would start CPU-bound jobs that only wait for each other).
+CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 # llama-cpp-python compiles llama.cpp; only the library is needed (no tools, tests, server or llava).
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
