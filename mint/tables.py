@@ -165,7 +165,7 @@ def matched_verdicts(runs, significant_se=None):
         base = matched_baseline(runs[runs["model"] == r["model"]], r["budget"])
         z = r["dlogppl_vs_matched"] / r["se_vs_matched"] if r["se_vs_matched"] > 0 else 0.0
         rows.append(dict(model=r["model"], baseline=r["matched_to"], method=r["method"],
-                         avg_bits=r["avg_bits"], size_bytes=r["size_bytes"], baseline_bytes=base["size_bytes"],
+                         floor_lowered=r.get("floor_lowered") in (True,), avg_bits=r["avg_bits"], size_bytes=r["size_bytes"], baseline_bytes=base["size_bytes"],
                          ppl_method=r["ppl_mean"], ppl_baseline=base["ppl_mean"],
                          kld_method=r["kld"], kld_baseline=base["kld"],
                          dlogppl=r["dlogppl_vs_matched"], se=r["se_vs_matched"], z=z,
@@ -179,12 +179,13 @@ def matched_verdicts(runs, significant_se=None):
         base = same.iloc[0]
         d = paired_comparison(base["windows"], r["windows"])
         z = d["mean_diff_log_ppl"] / d["se"] if d["se"] > 0 else 0.0
-        rows.append(dict(model=r["model"], baseline=label(base), method=r["method"], avg_bits=r["avg_bits"],
+        rows.append(dict(model=r["model"], baseline=label(base), method=r["method"],
+                         floor_lowered=r.get("floor_lowered") in (True,), avg_bits=r["avg_bits"],
                          size_bytes=r["size_bytes"], baseline_bytes=base["size_bytes"], ppl_method=r["ppl_mean"],
                          ppl_baseline=base["ppl_mean"], kld_method=r["kld"], kld_baseline=base["kld"],
                          dlogppl=d["mean_diff_log_ppl"], se=d["se"], z=z,
                          verdict="win" if z < -significant_se else "loss" if z > significant_se else "tie"))
-    cols = ["model", "baseline", "method", "avg_bits", "size_bytes", "baseline_bytes", "ppl_method",
+    cols = ["model", "baseline", "method", "floor_lowered", "avg_bits", "size_bytes", "baseline_bytes", "ppl_method",
             "ppl_baseline", "kld_method", "kld_baseline", "dlogppl", "se", "z", "verdict"]
     return pd.DataFrame(rows, columns=cols).sort_values(["model", "avg_bits", "method"])
 

@@ -89,3 +89,12 @@ def test_reference_table_reports_each_trained_models_uniform_sensitivity(tmp_pat
     assert math.isclose(row["uniform_4bit-g64_se_pct"], 0.0, abs_tol=1e-9)  # a constant shift: no spread
     assert row["train_minutes"] == 10.0 and row["experts"] == 8
     assert len(tables.reference_table(runs, tmp_path / "elsewhere")) == 0  # not trained here: no row
+
+
+def test_matched_verdicts_say_where_the_floor_was_lowered(tmp_path):
+    runs, _, _ = _runs(tmp_path)
+    runs["floor_lowered"] = [np.nan, np.nan, np.nan, True, False, False, np.nan]
+    verdicts = tables.matched_verdicts(tables.add_paired(runs))
+    lowered = dict(zip(zip(verdicts["baseline"], verdicts["method"]), verdicts["floor_lowered"]))
+    assert lowered[("gptq 3bit-g128", "mint")] and not lowered[("gptq 4bit-g128", "mint")]
+    assert not lowered[("gptq 3bit-g128", "mint-gptq")]
