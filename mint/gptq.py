@@ -444,9 +444,7 @@ def gptq_mixed(checkpoint, calibration, configs, out, codes_out, scale_dtype="bf
         "gptq_seconds": gptq_seconds,
         "worker_seconds": time.perf_counter() - start,
         "worker_peak_rss_mb": peak_rss_mb(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "llmcompressor": _version("llmcompressor"),
-                     "compressed-tensors": _version("compressed-tensors")},
+        "versions": _versions(),
     }
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -531,13 +529,19 @@ def gptq(checkpoint, calibration, bits, group_size, out, dequant_out, scale_dtyp
         "write_seconds": write_seconds,
         "worker_seconds": time.perf_counter() - start,
         "worker_peak_rss_mb": peak_rss_mb(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "llmcompressor": _version("llmcompressor"),
-                     "compressed-tensors": _version("compressed-tensors")},
+        "versions": _versions(),
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _versions():
+    """The versions that made a result: torch, transformers, llm-compressor, compressed-tensors."""
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "llmcompressor": _version("llmcompressor"), "compressed-tensors": _version("compressed-tensors")}
 
 
 def _version(dist):
