@@ -152,39 +152,32 @@ def add_paired(runs):
     return out
 
 
-def matched_verdicts(runs, significant_se=None):
-    """Each method run at a baseline's exact size against that baseline: the headline comparison.
-
-    dlogppl = mean over windows of (log PPL of the method - log PPL of the baseline), negative is
-    better; a win or a loss is a difference past SIGNIFICANT_SE standard errors, else a tie.
-    """
+def verdict_row(run, base, significant_se=None):
+    """`run` against `base` on the same windows: sizes, perplexities, KLDs, the paired log-PPL
+    difference (negative: `run` is better), z and the verdict (a win or loss past `significant_se`)."""
     significant_se = significant_se or SIGNIFICANT_SE
+    d = paired_comparison(base["windows"], run["windows"])
+    z = d["mean_diff_log_ppl"] / d["se"] if d["se"] > 0 else 0.0
+    return dict(model=run["model"], baseline=label(base), method=run["method"],
+                floor_lowered=run.get("floor_lowered") in (True,), avg_bits=run["avg_bits"],
+                size_bytes=run["size_bytes"], baseline_bytes=base["size_bytes"], ppl_method=run["ppl_mean"],
+                ppl_baseline=base["ppl_mean"], kld_method=run["kld"], kld_baseline=base["kld"],
+                dlogppl=d["mean_diff_log_ppl"], se=d["se"], z=z,
+                verdict="win" if z < -significant_se else "loss" if z > significant_se else "tie")
+
+
+def matched_verdicts(runs, significant_se=None):
+    """Each method run at a baseline's exact size against that baseline: the headline comparison;
+    and MINT's allocation rounded by GPTQ against the same allocation rounded by MINT (what
+    calibration adds at equal bytes and equal (bits, group) per unit)."""
     rows = []
     matched = runs[runs["matched_to"].notna()] if "matched_to" in runs else runs.iloc[:0]
     for _, r in matched.iterrows():
-        base = matched_baseline(runs[runs["model"] == r["model"]], r["budget"])
-        z = r["dlogppl_vs_matched"] / r["se_vs_matched"] if r["se_vs_matched"] > 0 else 0.0
-        rows.append(dict(model=r["model"], baseline=r["matched_to"], method=r["method"],
-                         floor_lowered=r.get("floor_lowered") in (True,), avg_bits=r["avg_bits"], size_bytes=r["size_bytes"], baseline_bytes=base["size_bytes"],
-                         ppl_method=r["ppl_mean"], ppl_baseline=base["ppl_mean"],
-                         kld_method=r["kld"], kld_baseline=base["kld"],
-                         dlogppl=r["dlogppl_vs_matched"], se=r["se_vs_matched"], z=z,
-                         verdict="win" if z < -significant_se else "loss" if z > significant_se else "tie"))
-    # MINT's allocation rounded by GPTQ against the same allocation rounded by MINT: what calibration
-    # adds at equal bytes and equal (bits, group) per unit.
+        rows.append(verdict_row(r, matched_baseline(runs[runs["model"] == r["model"]], r["budget"]), significant_se))
     for _, r in runs[runs["method"] == "mint-gptq"].iterrows():
         same = runs[(runs["model"] == r["model"]) & (runs["method"] == "mint") & (runs["budget"] == r["budget"])]
-        if not len(same):
-            continue
-        base = same.iloc[0]
-        d = paired_comparison(base["windows"], r["windows"])
-        z = d["mean_diff_log_ppl"] / d["se"] if d["se"] > 0 else 0.0
-        rows.append(dict(model=r["model"], baseline=label(base), method=r["method"],
-                         floor_lowered=r.get("floor_lowered") in (True,), avg_bits=r["avg_bits"],
-                         size_bytes=r["size_bytes"], baseline_bytes=base["size_bytes"], ppl_method=r["ppl_mean"],
-                         ppl_baseline=base["ppl_mean"], kld_method=r["kld"], kld_baseline=base["kld"],
-                         dlogppl=d["mean_diff_log_ppl"], se=d["se"], z=z,
-                         verdict="win" if z < -significant_se else "loss" if z > significant_se else "tie"))
+        if len(same):
+            rows.append(verdict_row(r, same.iloc[0], significant_se))
     cols = ["model", "baseline", "method", "floor_lowered", "avg_bits", "size_bytes", "baseline_bytes", "ppl_method",
             "ppl_baseline", "kld_method", "kld_baseline", "dlogppl", "se", "z", "verdict"]
     return pd.DataFrame(rows, columns=cols).sort_values(["model", "avg_bits", "method"])
