@@ -445,6 +445,26 @@ def gptq_summary(r):
             f"{r['wall_seconds']:.1f} s, peak {r['peak_rss_mb']:.0f} MiB.")
 
 
+def add_calibration_arguments(parser, batch_size=8, batch_help="windows per calibration forward"):
+    """The flags that choose calibration windows (`calibration_windows`), shared by every calibrated
+    command, so that GPTQ, GPTQ rounding and mlx-lm's dynamic_quant see the same text by default."""
+    parser.add_argument("--calibration", default=CALIBRATION_SOURCE,
+                        help="calibration text (vendored name or path), or 'random' for random token ids")
+    parser.add_argument("--windows", type=int, default=CALIBRATION_WINDOWS, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=CALIBRATION_SEQ_LEN, help="tokens per window")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the window sample")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+
+
+def add_gptq_arguments(parser):
+    """The GPTQ worker's flags (mint/gptq.py), shared by `mint baseline gptq` and `mint quantize-gptq`."""
+    parser.add_argument("--actorder", choices=("static", "weight", "none"), default="static")
+    parser.add_argument("--dampening", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the GPTQ worker")
+    parser.add_argument("--python", default=None, help="interpreter of the GPTQ environment")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="mint baseline", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="kind", required=True)
@@ -459,17 +479,8 @@ def main(argv=None):
     gq.add_argument("--group-size", type=int, required=True, choices=quantizer.GROUP_SIZES)
     gq.add_argument("--out", required=True, help="result JSON to write")
     gq.add_argument("--dequant-out", required=True, help="dequantized folder to write (input's names, float32)")
-    gq.add_argument("--calibration", default=CALIBRATION_SOURCE,
-                    help="calibration text (vendored name or path), or 'random' for random token ids")
-    gq.add_argument("--windows", type=int, default=CALIBRATION_WINDOWS, help="calibration windows")
-    gq.add_argument("--seq-len", type=int, default=CALIBRATION_SEQ_LEN, help="tokens per window")
-    gq.add_argument("--seed", type=int, default=0, help="seed of the window sample")
-    gq.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
-    gq.add_argument("--batch-size", type=int, default=8, help="windows per calibration forward")
-    gq.add_argument("--actorder", choices=("static", "weight", "none"), default="static")
-    gq.add_argument("--dampening", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
-    gq.add_argument("--threads", type=int, default=None, help="torch threads of the worker")
-    gq.add_argument("--python", default=None, help="interpreter of the GPTQ environment")
+    add_calibration_arguments(gq)
+    add_gptq_arguments(gq)
     rec = sub.add_parser("mlx-recipe", help="mlx-lm's own mixed recipe (mixed_3_6, ...), read back as an allocation")
     rec.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint folder")
     rec.add_argument("--units", required=True, nargs="+", help="units.parquet from `mint experts`")
@@ -482,12 +493,7 @@ def main(argv=None):
     dyn.add_argument("--low-bits", type=int, default=MLX_DYNAMIC_BITS[0], choices=quantizer.BITS)
     dyn.add_argument("--high-bits", type=int, default=MLX_DYNAMIC_BITS[1], choices=quantizer.BITS)
     dyn.add_argument("--group-size", type=int, default=MLX_DYNAMIC_GROUP, choices=quantizer.GROUP_SIZES)
-    dyn.add_argument("--calibration", default=CALIBRATION_SOURCE, help="calibration text (vendored name or path)")
-    dyn.add_argument("--windows", type=int, default=CALIBRATION_WINDOWS, help="calibration windows")
-    dyn.add_argument("--seq-len", type=int, default=CALIBRATION_SEQ_LEN, help="tokens per window")
-    dyn.add_argument("--seed", type=int, default=0, help="seed of the window sample")
-    dyn.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
-    dyn.add_argument("--batch-size", type=int, default=MLX_DYNAMIC_BATCH, help="windows per gradient pass")
+    add_calibration_arguments(dyn, batch_size=MLX_DYNAMIC_BATCH, batch_help="windows per gradient pass")
     dyn.add_argument("--out", required=True, help="allocation JSON to write")
     args = p.parse_args(argv)
     kind = args.__dict__.pop("kind")
