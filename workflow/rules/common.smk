@@ -344,8 +344,7 @@ def get_evaluations(model):
     """Every evaluation of a model: 16-bit, each allocation, each baseline, and the variant study."""
     runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
-    if compares_clustering(model):
-        runs += [("mint-all", b) for b in clustering_budgets(model)]
+    runs += [("mint-all", b) for b in clustering_budgets(model)]
     runs += [(GPTQ_ROUNDING, b) for b in gptq_rounding_budgets(model)]
     runs += [r for r in study_runs(model) if r not in runs]
     return [f"results/{model}/eval/bf16.json"] + [f"results/{model}/eval/{m}/{b}.json" for m, b in runs]
