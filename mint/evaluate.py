@@ -25,6 +25,7 @@ mint/lm_eval_tasks/ over the vendored wiki.test.raw (offline).
 """
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -40,6 +41,9 @@ TRIM = 0.05  # fraction of windows trimmed from each end for ppl_trimmed5
 PPL_BAD = 100.0  # a window with perplexity above this counts as broken
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WINDOW_KEYS = ("window_index", "window_start", "nll_sum", "n_tokens")
+# The most a saved log-probability file may take (128 windows of 512 tokens x a 1,024-token vocabulary
+# is 0.25 GiB; a 150k vocabulary would be 37 GiB, and its evaluations run the reference model instead).
+MAX_LOGPROBS_GIB = 2.0
 
 
 class EvalError(ValueError):
@@ -173,7 +177,6 @@ def weights_bytes(model_dir):
     return sum(f.stat().st_size for f in files)
 
 
-@torch.inference_mode()
 def empty_scores(n, seq_len, with_reference):
     """Per-window score arrays for `n` windows of `seq_len` tokens (each predicts seq_len - 1)."""
     out = {"nll_sum": np.zeros(n), "n_tokens": np.full(n, seq_len - 1, dtype=np.int64)}
@@ -182,14 +185,17 @@ def empty_scores(n, seq_len, with_reference):
     return out
 
 
-def score_window(scores, i, window, logits, ref_logits=None, dtype=torch.float32):
-    """Fill window `i` of `scores` from the logits [seq_len, vocab] of `window` (and the reference's),
-    with log-softmax in `dtype`: every token but the first is predicted from those before it."""
+def log_probs(logits, dtype=torch.float32):
+    """Log-probabilities [seq_len - 1, vocab] of a window's logits: every position but the last
+    predicts the next token."""
+    return torch.log_softmax(logits[:-1].to(dtype), dim=-1)
+
+
+def score_window(scores, i, window, logp, ref_logp=None):
+    """Fill window `i` of `scores` from the log-probabilities of `window` (and the reference's)."""
     target = torch.as_tensor(window)[1:]
-    logp = torch.log_softmax(logits[:-1].to(dtype), dim=-1)
     scores["nll_sum"][i] = -logp.gather(1, target[:, None]).sum().item()
-    if ref_logits is not None:
-        ref_logp = torch.log_softmax(ref_logits[:-1].to(dtype), dim=-1)
+    if ref_logp is not None:
         scores["ref_nll_sum"][i] = -ref_logp.gather(1, target[:, None]).sum().item()
         # KL(P_ref || P) = sum_v p_ref (log p_ref - log p), summed over the window's positions.
         scores["kld_sum"][i] = (ref_logp.exp() * (ref_logp - logp)).sum().item()
@@ -206,24 +212,58 @@ def reference_statistics(scores, per_window):
             "paired": paired_comparison({**per_window, "nll_sum": scores["ref_nll_sum"]}, per_window)}
 
 
-def score_windows(model, windows, batch_size=8, reference=None, progress=False):
-    """Per-window NLL sums (and, with a reference model, KLD sums, top-1 agreements and the
-    reference's NLL sums), computed one window's logits at a time after each batch's forward."""
+@torch.inference_mode()
+def score_windows(model, windows, batch_size=8, reference=None, progress=False, reference_logprobs=None,
+                  keep_logprobs=None):
+    """Per-window NLL sums (and, with a reference, KLD sums, top-1 agreements and the reference's NLL
+    sums), computed one window's logits at a time after each batch's forward.
+
+    The reference is a model run on the same batches, or `reference_logprobs` [n, seq_len - 1, vocab]
+    saved by its own evaluation (then the model is not run). `keep_logprobs`, an array of that shape,
+    receives this model's log-probabilities (what a later evaluation uses as its reference)."""
     from tqdm import tqdm
 
     n, seq_len = windows.shape
-    out = empty_scores(n, seq_len, reference is not None)
+    out = empty_scores(n, seq_len, reference is not None or reference_logprobs is not None)
     for i in tqdm(range(0, n, batch_size), disable=not progress, desc="windows", mininterval=5):
         x = windows[i:i + batch_size]
         logits = model(input_ids=x).logits
-        ref_logits = reference(input_ids=x).logits if reference is not None else None
+        ref_logits = reference(input_ids=x).logits if reference is not None and reference_logprobs is None else None
         for j in range(len(x)):
-            score_window(out, i + j, x[j], logits[j], None if ref_logits is None else ref_logits[j])
+            logp = log_probs(logits[j])
+            if keep_logprobs is not None:
+                keep_logprobs[i + j] = logp.numpy()
+            if reference_logprobs is not None:
+                ref_logp = torch.from_numpy(np.asarray(reference_logprobs[i + j]))
+            else:
+                ref_logp = None if ref_logits is None else log_probs(ref_logits[j])
+            score_window(out, i + j, x[j], logp, ref_logp)
     return out
 
 
+def cached_reference_logprobs(reference_eval, index, seq_len, text, seed, dtype, vocab):
+    """The reference's log-probabilities saved by its own evaluation (`mint evaluate --save-logprobs`,
+    summary `reference_eval`), memory-mapped, when they cover exactly these windows; else None and why."""
+    summary = json.loads(Path(reference_eval).read_text())
+    folder = Path(reference_eval).parent
+    if not summary.get("logprobs_file"):
+        return None, "it saved no log-probabilities"
+    if (summary["seq_len"], summary["text"], summary["seed"], summary["dtype"]) != (seq_len, text, seed, dtype):
+        return None, "its windows or dtype differ"
+    path = folder / summary["logprobs_file"]
+    if not path.is_file():
+        return None, f"{path} is missing"
+    if not np.array_equal(np.load(folder / summary["windows_file"])["window_index"], index):
+        return None, "its windows differ"
+    logp = np.load(path, mmap_mode="r")
+    if logp.shape != (len(index), seq_len - 1, vocab):
+        return None, f"its log-probabilities have shape {logp.shape}"
+    return logp, None
+
+
 def evaluate(model_dir, reference_dir=None, seq_len=None, windows=None, batch_size=8, dtype="float32",
-             text="wikitext2-test", seed=SEED, threads=None, experts_implementation=None, progress=False):
+             text="wikitext2-test", seed=SEED, threads=None, experts_implementation=None, progress=False,
+             reference_eval=None, save_logprobs=None, max_logprobs_gib=MAX_LOGPROBS_GIB):
     """Evaluate a model folder (16-bit or dequantized) with METHOD.md §5, optionally against a reference.
 
     Args:
@@ -236,6 +276,10 @@ def evaluate(model_dir, reference_dir=None, seq_len=None, windows=None, batch_si
         text: a `mint.data.load_text` source; its non-empty lines are joined with "\\n\\n".
         seed: seed of the window sample (42 in the protocol).
         threads: torch CPU threads (None: torch's default).
+        reference_eval: the reference's own evaluation summary (JSON); when it saved log-probabilities
+            for these windows they stand in for the reference model, which is then not run.
+        save_logprobs: write this model's log-probabilities [windows, seq_len - 1, vocab] (float32,
+            .npy) here, for later evaluations against it, unless larger than `max_logprobs_gib`.
     Returns:
         A JSON-ready dict of the statistics, plus "windows": the per-window numpy arrays.
     """
@@ -253,16 +297,33 @@ def evaluate(model_dir, reference_dir=None, seq_len=None, windows=None, batch_si
         raise EvalError(f"{model_dir} has no tokenizer and no --reference was given")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
     model = load_model(model_dir, dtype, experts_implementation)
-    reference = load_model(reference_dir, dtype, experts_implementation) if reference_dir else None
-    if reference is not None and reference.config.vocab_size != model.config.vocab_size:
-        raise EvalError("model and reference have different vocabularies")
     seq_len = seq_len or default_seq_len(reference_dir or model_dir, model.config)
     if seq_len < 2:
         raise EvalError("seq_len must be at least 2")
     ids = tokenizer(data.load_eval_text(text), add_special_tokens=False)["input_ids"]
     x, index, total = make_windows(ids, seq_len, windows, seed)
+    vocab = model.config.vocab_size
 
-    scores = score_windows(model, x, batch_size, reference, progress)
+    cached = None
+    if reference_eval is not None:
+        cached, why_not = cached_reference_logprobs(reference_eval, index, seq_len, text, seed, dtype, vocab)
+        if cached is None:
+            print(f"mint evaluate: running the reference model: {reference_eval} {why_not}", file=sys.stderr)
+    reference = load_model(reference_dir, dtype, experts_implementation) if reference_dir and cached is None else None
+    if reference is not None and reference.config.vocab_size != vocab:
+        raise EvalError("model and reference have different vocabularies")
+    with contextlib.ExitStack() as stack:
+        keep = None
+        nbytes = len(x) * (seq_len - 1) * vocab * 4
+        if save_logprobs is not None and nbytes <= max_logprobs_gib * 1024**3:
+            tmp = stack.enter_context(files.replaced(save_logprobs))
+            keep = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(x), seq_len - 1, vocab))
+        elif save_logprobs is not None:
+            print(f"mint evaluate: log-probabilities not saved: {nbytes / 1024**3:.1f} GiB is over "
+                  f"{max_logprobs_gib} GiB (later evaluations run the reference model)", file=sys.stderr)
+        scores = score_windows(model, x, batch_size, reference, progress, cached, keep)
+        if keep is not None:
+            keep.flush()
     per_window = {"window_index": index, "window_start": index * seq_len, **scores}
     result = {
         "model_dir": str(model_dir),
@@ -277,8 +338,9 @@ def evaluate(model_dir, reference_dir=None, seq_len=None, windows=None, batch_si
         "weights_size_bytes": weights_bytes(model_dir),
         "weights_size_gib": weights_bytes(model_dir) / 1024**3,
         "params": sum(p.numel() for p in model.parameters()),
+        "logprobs_file": Path(save_logprobs).name if keep is not None else None,
     }
-    if reference is not None:
+    if reference is not None or cached is not None:
         result.update(reference_statistics(scores, per_window))
     result["windows"] = per_window
     return result
@@ -373,6 +435,12 @@ def main(argv=None):
     parser.add_argument("--reference-gguf", help="with --gguf: the 16-bit GGUF for KLD and the paired comparison")
     parser.add_argument("--out", required=True, help="result JSON; per-window arrays go beside it (.windows.npz)")
     parser.add_argument("--reference", help="16-bit model folder for KLD and the paired comparison")
+    parser.add_argument("--reference-eval",
+                        help="with --reference: the reference's own evaluation (JSON); its saved "
+                             "log-probabilities stand in for running the reference when they cover the same windows")
+    parser.add_argument("--save-logprobs", action="store_true",
+                        help=f"also save the log-probabilities (.logprobs.npy beside --out; at most "
+                             f"{MAX_LOGPROBS_GIB:g} GiB) for --reference-eval of later evaluations")
     parser.add_argument("--windows", type=int, help="at most this many windows (seeded sample)")
     parser.add_argument("--seq-len", type=int, help="window length in tokens")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
@@ -385,11 +453,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.windows is not None and args.windows < 1:
         parser.error("--windows must be at least 1")
+    if args.reference_eval and not args.reference:
+        parser.error("--reference-eval needs --reference (run when the saved log-probabilities do not fit)")
     if args.gguf:
         return _evaluate_gguf(args)
+    keep = Path(args.out).with_suffix(".logprobs.npy") if args.save_logprobs else None
     try:
         result = evaluate(args.model, args.reference, args.seq_len, args.windows, args.batch_size, args.dtype,
-                          args.text, args.seed, args.threads, progress=True)
+                          args.text, args.seed, args.threads, progress=True, reference_eval=args.reference_eval,
+                          save_logprobs=keep)
         if args.lm_eval:
             result["lm_eval"] = lm_eval_perplexity(args.model, result["seq_len"], dtype=args.dtype)
     except (EvalError, data.DataError, OSError) as e:

@@ -608,7 +608,7 @@ def evaluate_ggufs(paths, tokenizer_dir, reference=None, seq_len=512, windows=No
     from transformers import AutoTokenizer
 
     from mint import data
-    from mint.evaluate import empty_scores, make_windows, reference_statistics, score_window, summarize
+    from mint.evaluate import empty_scores, log_probs, make_windows, reference_statistics, score_window, summarize
 
     models = [open_llama(path, seq_len, threads) for path in paths]
     ref = open_llama(reference, seq_len, threads) if reference else None
@@ -618,10 +618,11 @@ def evaluate_ggufs(paths, tokenizer_dir, reference=None, seq_len=512, windows=No
     n = len(x)
     scores = [empty_scores(n, seq_len, ref is not None) for _ in paths]
     for i in tqdm(range(n), desc="windows (llama.cpp)", disable=not progress, mininterval=5):
-        ref_logits = torch.from_numpy(window_logits(ref, x[i].tolist())) if ref is not None else None
+        ref_logp = (log_probs(torch.from_numpy(window_logits(ref, x[i].tolist())), torch.float64)
+                    if ref is not None else None)
         for model, score in zip(models, scores):
-            logits = torch.from_numpy(window_logits(model, x[i].tolist()))
-            score_window(score, i, x[i], logits, ref_logits, dtype=torch.float64)
+            logp = log_probs(torch.from_numpy(window_logits(model, x[i].tolist())), torch.float64)
+            score_window(score, i, x[i], logp, ref_logp)
     for model in models + ([ref] if ref is not None else []):
         model.close()
     results = []

@@ -108,6 +108,39 @@ def test_kld_zero_against_itself_positive_otherwise(models):
     assert other["windows"]["kld_sum"][0] == pytest.approx(kl, rel=1e-4)
 
 
+def test_saved_reference_logprobs_give_the_results_of_running_the_reference(models, tmp_path, capsys):
+    """The 16-bit model's own evaluation saves its log-probabilities; an evaluation against them gives
+    what running the reference model gives, and falls back to running it when the windows differ."""
+    out = tmp_path / "bf16.json"
+    assert ev.main(["--model", str(models["base"]), "--seq-len", str(SEQ_LEN), "--windows", "6",
+                    "--save-logprobs", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    saved = np.load(tmp_path / summary["logprobs_file"])
+    assert saved.shape == (6, SEQ_LEN - 1, len(models["tokenizer"])) and saved.dtype == np.float32
+    np.testing.assert_allclose(np.exp(saved).sum(-1), 1.0, rtol=1e-5)
+
+    run = ev.evaluate(models["noisy"], reference_dir=models["base"], seq_len=SEQ_LEN, windows=6)
+    cached = ev.evaluate(models["noisy"], reference_dir=models["base"], seq_len=SEQ_LEN, windows=6,
+                         reference_eval=out)
+    assert "running the reference model" not in capsys.readouterr().err
+    for key in ("kld_sum", "ref_nll_sum", "top1_agree", "nll_sum"):
+        np.testing.assert_allclose(cached["windows"][key], run["windows"][key], rtol=1e-6, atol=1e-9)
+    assert cached["kld_mean"] == pytest.approx(run["kld_mean"], rel=1e-6)
+    assert cached["paired"]["se"] == pytest.approx(run["paired"]["se"], rel=1e-6)
+
+    other = ev.evaluate(models["noisy"], reference_dir=models["base"], seq_len=SEQ_LEN, windows=5,
+                        reference_eval=out)
+    assert "its windows" in capsys.readouterr().err
+    assert other["kld_mean"] > 1e-4 and other["n_windows"] == 5
+
+
+def test_logprobs_over_the_size_limit_are_not_saved(models, tmp_path, capsys):
+    result = ev.evaluate(models["base"], seq_len=SEQ_LEN, windows=2, save_logprobs=tmp_path / "x.logprobs.npy",
+                         max_logprobs_gib=1e-9)
+    assert result["logprobs_file"] is None and not (tmp_path / "x.logprobs.npy").exists()
+    assert "not saved" in capsys.readouterr().err
+
+
 def test_trimmed_and_median_on_a_crafted_case():
     # 40 windows, mean losses 1.0, 1.1, ..., 4.9 nats; token counts 10, 20, 10, 20, ...
     # The window with loss 4.9 has 20 tokens and one more is above ln(100) = 4.605: 4.7 and 4.8, 4.9.
