@@ -18,14 +18,17 @@ rule evaluate_bf16:
         mem_mb=4000,
     shell:
         "{MINT} evaluate --model {params.checkpoint} --seq-len {params.seq_len} --windows {params.windows}"
-        " --dtype {params.dtype} --threads {threads} --out {output.summary} > {log} 2>&1"
+        " --dtype {params.dtype} --threads {threads} --save-logprobs --out {output.summary} > {log} 2>&1"
 
 
+# Against the 16-bit model's saved log-probabilities (bf16.logprobs.npy, when small enough), so the
+# reference is not run again for every evaluation.
 rule evaluate:
     input:
         checkpoint=get_checkpoint,
         dequant="results/{model}/dequant/{method}/{budget}",
         verified=get_verification,
+        reference="results/{model}/eval/bf16.json",
     output:
         summary="results/{model}/eval/{method}/{budget}.json",
         windows="results/{model}/eval/{method}/{budget}.windows.npz",
@@ -42,5 +45,5 @@ rule evaluate:
     resources:
         mem_mb=4000,
     shell:
-        "{MINT} evaluate --model {input.dequant} --reference {params.checkpoint} --seq-len {params.seq_len}"
+        "{MINT} evaluate --model {input.dequant} --reference {params.checkpoint} --reference-eval {input.reference} --seq-len {params.seq_len}"
         " --windows {params.windows} --dtype {params.dtype} --threads {threads} --out {output.summary} > {log} 2>&1"
