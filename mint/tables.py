@@ -8,7 +8,8 @@ evaluations with their per-window losses, unit tables) and writes:
 - `matched_size.*`: per model, 16-bit, uniform RTN, GPTQ, mlx-lm's mixed recipes and the method at the
   baselines' sizes.
 - `budget_sweep.*`: the method over budgets, with the bit distribution and a status.
-- `solver.*`: greedy vs exact on every allocation (objective, LP bound, gap, bytes used).
+- `solver.*`: greedy vs exact at every budget where both allocated (objective, LP bound, gap, bytes
+  used), with each one's perplexity where it was evaluated.
 - `clustering.*`: for models analysed both ways, clustered representatives vs every expert measured
   (analysis time, chosen configs that differ, PPL and KLD of the two allocations).
 - `variants.*` (with a variant study): each variant against the faithful reproduction at equal bytes,
@@ -222,22 +223,46 @@ def budget_sweep_table(runs):
     return pd.DataFrame(rows).sort_values(["model", "size_gib"])
 
 
-def solver_table(runs):
-    """Greedy against exact at every budget where both ran: objective, LP bound, gap, bytes used."""
-    alloc = runs[runs["method"].isin(["mint", "mint-greedy"])]
+SOLVER_PAIR = ("mint", "mint-greedy")  # the exact solver's variant, the greedy's
+ALLOCATION_COLUMNS = ["model", "method", "budget", "objective", "lp_bound", "gap_rel", "budget_bytes", "size_bytes"]
+SOLVER_COLUMNS = ["model", "budget", "budget_bytes", "exact_objective", "greedy_objective", "lp_bound",
+                  "exact_gap_rel", "greedy_excess_rel", "exact_bytes", "greedy_bytes", "ppl_exact", "ppl_greedy"]
+
+
+def allocation_row(model, method, budget, info):
+    """What the solver table reads from one allocation file."""
+    return dict(model=model, method=method, budget=budget, objective=info.get("objective"),
+                lp_bound=info.get("lp_bound"), gap_rel=info.get("gap_rel"), budget_bytes=info.get("budget_bytes"),
+                size_bytes=info["total_bytes"])
+
+
+def collect_allocations(results_dir, methods=SOLVER_PAIR):
+    """One row per allocation file of the named variants (results/{model}/alloc/{method}/{budget}.json),
+    evaluated or not: a variant can be allocated for the tables only (config key allocated_only)."""
+    rows = [allocation_row(path.parents[2].name, method, path.stem, _read(path))
+            for method in methods for path in sorted(Path(results_dir).glob(f"*/alloc/{method}/*.json"))]
+    return pd.DataFrame(rows, columns=ALLOCATION_COLUMNS)
+
+
+def solver_table(allocations, runs):
+    """Greedy against exact at every budget where both allocated: objective, LP bound, gap, bytes used,
+    and each one's perplexity where it was evaluated (NaN where not)."""
+    exact_name, greedy_name = SOLVER_PAIR
+    ppl = runs.set_index(["model", "method", "budget"])["ppl_mean"] if len(runs) else pd.Series(dtype=float)
     rows = []
-    for (model, budget), group in alloc.groupby(["model", "budget"]):
+    for (model, budget), group in allocations.groupby(["model", "budget"]):
         by = {r["method"]: r for _, r in group.iterrows()}
-        if set(by) != {"mint", "mint-greedy"}:
+        if not set(SOLVER_PAIR) <= set(by):
             continue
-        exact, greedy = by["mint"], by["mint-greedy"]
+        exact, greedy = by[exact_name], by[greedy_name]
         rows.append(dict(model=model, budget=budget, budget_bytes=exact["budget_bytes"],
                          exact_objective=exact["objective"], greedy_objective=greedy["objective"],
                          lp_bound=exact["lp_bound"], exact_gap_rel=exact["gap_rel"],
                          greedy_excess_rel=greedy["objective"] / exact["objective"] - 1 if exact["objective"] else 0.0,
                          exact_bytes=exact["size_bytes"], greedy_bytes=greedy["size_bytes"],
-                         ppl_exact=exact["ppl_mean"], ppl_greedy=greedy["ppl_mean"]))
-    return pd.DataFrame(rows)
+                         ppl_exact=ppl.get((model, exact_name, budget), np.nan),
+                         ppl_greedy=ppl.get((model, greedy_name, budget), np.nan)))
+    return pd.DataFrame(rows, columns=SOLVER_COLUMNS)
 
 
 def stage_seconds(results_dir, model, stages):
@@ -444,7 +469,7 @@ def make_tables(results, tables, plots_dir, config="config/config.yaml", faithfu
     write_table(matched_verdicts(regular), tables / "matched_verdicts", line)
     write_table(budget_sweep_table(regular), tables / "budget_sweep", line)
     write_table(reference_table(regular, results), tables / "reference_models", line)
-    write_table(solver_table(runs), tables / "solver", line)
+    write_table(solver_table(collect_allocations(results), runs), tables / "solver", line)
     write_table(clustering_table(runs, results), tables / "clustering", line)
     if faithful and study:
         table = variants_table(runs, faithful, study, study_budgets, forced)

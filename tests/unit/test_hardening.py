@@ -5,6 +5,7 @@ and a failed export validation touches nothing the user had."""
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -534,3 +535,32 @@ def test_mlx_dynamic_names_plan_the_baseline_and_its_matched_budget(tmp_path):
     config["models"]["m"]["baselines"]["mlx"] = ["dynamic_4.8bpw"]
     with pytest.raises(WorkflowError, match="dynamic_4.8bpw"):
         validate_config(config)
+
+
+def test_allocated_only_variants_are_allocated_for_the_tables_but_not_evaluated(tmp_path):
+    """`allocated_only: [mint-greedy]` allocates the greedy at each of the model's budgets as inputs of
+    the tables (the solver table reads the files) with no export, verification or evaluation of it; a
+    name `variants` does not define is refused, naming the model."""
+    ckpt = make_tiny_checkpoint("qwen3_moe", tmp_path / "ckpt")
+    config = {"models": {"m": {"source": {"path": str(ckpt)}, "budgets": ["3.5bpw", "4.5bpw"], "variants": ["mint"],
+                               "allocated_only": ["mint-greedy"]}},
+              "variants": {"mint": {"solver": "exact"}, "mint-greedy": {"solver": "greedy"}}}
+    validate_config(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    plan = subprocess.run([str(bin_dir / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    jobs = re.findall(r"^rule (\w+):\n(?:\s+\w+: .*\n)*?\s+wildcards: (.*)$", plan.stdout, re.MULTILINE)
+    greedy = sorted((rule, w) for rule, w in jobs if "mint-greedy" in w)
+    assert greedy == [("allocate", "model=m, variant=mint-greedy, budget=3.5bpw"),
+                      ("allocate", "model=m, variant=mint-greedy, budget=4.5bpw")]
+    assert {rule for rule, w in jobs if "method=mint," in w} == {"quantize", "verify", "evaluate"}
+    tables_input = re.search(r"rule tables:\n\s*input: ([^\n]*)", plan.stdout)[1].split(", ")
+    assert {"results/m/alloc/mint-greedy/3.5bpw.json", "results/m/alloc/mint-greedy/4.5bpw.json",
+            "results/m/eval/mint/3.5bpw.json"} <= set(tables_input)
+    assert not [f for f in tables_input if "/eval/mint-greedy/" in f]
+
+    config["models"]["m"]["allocated_only"] = ["mint-gredy"]
+    assert "model m: allocated_only names unknown variants ['mint-gredy']" in failed_dry_run(tmp_path, config)

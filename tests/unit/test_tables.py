@@ -1,6 +1,8 @@
 """The matched-size pairing of mint/tables.py: each run at a baseline's exact size is compared with that
-baseline, window by window, and called a win, tie or loss by its standard error."""
+baseline, window by window, and called a win, tie or loss by its standard error; and the solver table,
+read from the allocation files whether or not they were evaluated."""
 
+import json
 import math
 
 import numpy as np
@@ -98,3 +100,45 @@ def test_matched_verdicts_say_where_the_floor_was_lowered(tmp_path):
     lowered = dict(zip(zip(verdicts["baseline"], verdicts["method"]), verdicts["floor_lowered"]))
     assert lowered[("gptq 3bit-g128", "mint")] and not lowered[("gptq 4bit-g128", "mint")]
     assert not lowered[("gptq 3bit-g128", "mint-gptq")]
+
+
+def _allocation(root, model, method, budget, objective, total_bytes):
+    path = root / model / "alloc" / method / f"{budget}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(objective=objective, lp_bound=0.9, gap_rel=0.01, budget_bytes=1000,
+                                    total_bytes=total_bytes, solver="exact" if method == "mint" else "greedy")))
+
+
+def test_solver_table_pairs_the_allocation_files_with_or_without_evaluations(tmp_path):
+    """The greedy can be allocated for the solver table only (config allocated_only): a row wherever
+    both allocations exist, its perplexity where it was evaluated, NaN where not."""
+    _allocation(tmp_path, "m", "mint", "3.5bpw", 1.0, 990)
+    _allocation(tmp_path, "m", "mint-greedy", "3.5bpw", 1.25, 1000)
+    _allocation(tmp_path, "m", "mint", "4.5bpw", 0.5, 1400)         # no greedy here: no row
+    _allocation(tmp_path, "m", "mint-all", "3.5bpw", 0.8, 990)       # another variant: not read
+    allocations = tables.collect_allocations(tmp_path)
+    assert sorted(allocations["method"]) == ["mint", "mint", "mint-greedy"]
+
+    unevaluated = tables.solver_table(allocations, pd.DataFrame())
+    assert len(unevaluated) == 1
+    row = unevaluated.iloc[0]
+    assert (row["model"], row["budget"], row["budget_bytes"]) == ("m", "3.5bpw", 1000)
+    assert (row["exact_objective"], row["greedy_objective"], row["lp_bound"], row["exact_gap_rel"]) == (1.0, 1.25, 0.9, 0.01)
+    assert math.isclose(row["greedy_excess_rel"], 0.25)
+    assert (row["exact_bytes"], row["greedy_bytes"]) == (990, 1000)
+    assert pd.isna(row["ppl_exact"]) and pd.isna(row["ppl_greedy"])
+
+    runs = pd.DataFrame([dict(model="m", method="mint", budget="3.5bpw", ppl_mean=50.0),
+                         dict(model="m", method="uniform", budget="4bit-g64", ppl_mean=52.0)])
+    evaluated = tables.solver_table(allocations, runs)
+    assert list(evaluated.columns) == list(unevaluated.columns)
+    assert evaluated.iloc[0]["ppl_exact"] == 50.0 and pd.isna(evaluated.iloc[0]["ppl_greedy"])
+    runs.loc[len(runs)] = dict(model="m", method="mint-greedy", budget="3.5bpw", ppl_mean=51.0)
+    assert tables.solver_table(allocations, runs).iloc[0]["ppl_greedy"] == 51.0
+
+
+def test_solver_table_without_any_pair_is_an_empty_table_with_its_columns(tmp_path):
+    _allocation(tmp_path, "m", "mint", "3.5bpw", 1.0, 990)
+    table = tables.solver_table(tables.collect_allocations(tmp_path), pd.DataFrame())
+    assert len(table) == 0 and list(table.columns) == tables.SOLVER_COLUMNS
+    assert len(tables.solver_table(tables.collect_allocations(tmp_path / "nothing"), pd.DataFrame())) == 0

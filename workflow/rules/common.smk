@@ -253,6 +253,16 @@ def get_variants(model):
     return names
 
 
+def get_allocated_only(model):
+    """Variants the model allocates at each of its budgets for the tables (the solver table compares the
+    greedy with the exact allocation) but does not export, verify or evaluate."""
+    names = config["models"][model].get("allocated_only", [])
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"model {model}: allocated_only names unknown variants {unknown}; defined: {VARIANTS}")
+    return names
+
+
 def get_budget_input(wildcards):
     """A matched budget needs the baseline's result, whose size it takes."""
     if wildcards.budget == FAITHFUL_MIN_SAFE:
@@ -304,9 +314,11 @@ def clustering_budgets(model):
 
 
 def get_allocations(model):
-    """Every allocation of a model: variants x budgets, the uniform baselines and mlx-lm's recipes."""
+    """Every allocation of a model: variants and allocated-only variants x budgets, the uniform baselines
+    and mlx-lm's recipes."""
+    variants = get_variants(model) + [v for v in get_allocated_only(model) if v not in get_variants(model)]
     return expand("results/{model}/alloc/{variant}/{budget}.json", model=model,
-                  variant=get_variants(model), budget=get_budgets(model)) + [
+                  variant=variants, budget=get_budgets(model)) + [
         f"results/{model}/alloc/{kind}/{c}.json" for kind in ("uniform", "mlx") for c in baseline_configs(model, kind)]
 
 
@@ -341,7 +353,8 @@ def study_runs(model):
 
 
 def get_evaluations(model):
-    """Every evaluation of a model: 16-bit, each allocation, each baseline, and the variant study."""
+    """Every evaluation of a model: 16-bit, each variant's allocation (not the allocated-only ones), each
+    baseline, and the variant study."""
     runs = [(v, b) for v in get_variants(model) for b in get_budgets(model)]
     runs += [(k, c) for k in BASELINES for c in baseline_configs(model, k)]
     runs += [("mint-all", b) for b in clustering_budgets(model)]
