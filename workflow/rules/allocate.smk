@@ -74,7 +74,7 @@ rule quantize:
         "logs/{model}/quantize/{method}/{budget}.log",
     benchmark:
         "results/benchmarks/{model}/quantize/{method}/{budget}.tsv"
-    threads: 2   # export workers (forked processes, byte-identical output)
+    threads: export_workers   # forked export processes (byte-identical output)
     resources:
         mem_mb=4000,
     shell:

@@ -113,6 +113,12 @@ def checkpoint_dir(model):
     return f"results/{model}/checkpoint"
 
 
+def export_workers(wildcards):
+    """Export processes of `mint quantize`: one for the reference models, whose exports take a second
+    (a second forked worker would only hold a core that another job could use), two otherwise."""
+    return 1 if "reference" in model_source(wildcards.model) else 2
+
+
 def get_gguf_flags(wildcards):
     """Flags of `mint gguf-compare` from the config's gguf section (schema defaults filled); without
     gguf.windows, the evaluation's count, so that the GGUF table is scored on the other tables' windows."""
