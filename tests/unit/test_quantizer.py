@@ -258,7 +258,9 @@ def test_fused_errors_equal_torch_path(dtype, scale_dtype, cols, monkeypatch):
         assert fused.shape == ref.shape
         assert torch.equal(fused.isnan(), ref.isnan())
         assert (fused.isnan().any(-1) if per_row else fused.isnan()).sum() == 6 * sum(cols % g != 0 for g in qz.GROUP_SIZES)
-        assert torch.allclose(fused.nan_to_num(), ref.nan_to_num(), rtol=1e-12, atol=0)
+        # The kernel sums a group's errors in float32 lanes and forms each from w - bias (mint/kernels.py):
+        # ~1e-7 of a total; up to ~1e-5 of the tiny 8-bit totals of float32 weights, whose last bits count.
+        assert torch.allclose(fused.nan_to_num(), ref.nan_to_num(), rtol=2e-5, atol=0)
         assert torch.allclose(torch.as_tensor(energy), torch.as_tensor(ref_energy), rtol=1e-12, atol=0)
 
 
@@ -268,7 +270,7 @@ def test_fused_errors_equal_brute_force():
     errors, _ = qz.squared_errors(w, qz.CONFIGS, torch.bfloat16)
     for (bits, g), err in zip(qz.CONFIGS, errors.tolist()):
         w_hat = qz.dequantize(*qz.quantize(w, bits, g, torch.bfloat16), g)
-        assert err == pytest.approx(float((w_hat - w.float()).double().square().sum()), rel=1e-12)
+        assert err == pytest.approx(float((w_hat - w.float()).double().square().sum()), rel=1e-6)
 
 
 def test_bfloat16_bits_input_equals_float32_input():
