@@ -27,6 +27,7 @@ def load_kernels(folder):
     """mint/kernels.py of another checkout (a folder holding mint/), as its own module."""
     spec = importlib.util.spec_from_file_location("baseline_kernels", Path(folder) / "mint" / "kernels.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's on-disk cache finds the module by name when it reloads
     spec.loader.exec_module(module)
     return module
 

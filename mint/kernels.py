@@ -121,6 +121,18 @@ def _group_error(diff, scale, top, g):
     return np.float64(acc)
 
 
+@njit(cache=True, nogil=True)
+def _group_error_float64(diff, scale, top, g):
+    """`_group_error` summed in float64: for squares past float32's range (weights of 1e19 and up,
+    as a corrupt file has), where the float32 sum overflows."""
+    total = 0.0
+    for j in range(g):
+        q = min(max(np.rint(diff[j] / scale), np.float32(0)), top)
+        e = np.float64(q * scale - diff[j])
+        total += e * e
+    return total
+
+
 @njit(fastmath={"nnan", "ninf", "nsz"}, cache=True, nogil=True)
 def _ranges(row, g, lo, hi):
     """Minimum and maximum of each group of `g` in `row` (finite weights: the flags let it vectorise)."""
@@ -184,7 +196,10 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
                         # A range that rounds to a zero scale: every code is 0 and w_hat = bias.
                         out[gi * n_bits + i, r] += _sum_squares(diff, g)
                     else:
-                        out[gi * n_bits + i, r] += _group_error(diff, scales[k, i], levels[i], g)
+                        e = _group_error(diff, scales[k, i], levels[i], g)
+                        if not np.isfinite(e):
+                            e = _group_error_float64(diff, scales[k, i], levels[i], g)
+                        out[gi * n_bits + i, r] += e
 
 
 @njit(cache=True, nogil=True)

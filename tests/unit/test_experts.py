@@ -177,7 +177,8 @@ def test_fused_analysis_gives_the_same_allocations(tmp_path, monkeypatch):
     merged = fused.merge(reference, on=key, suffixes=("", "_ref"))
     assert len(merged) == len(fused) == len(reference)
     assert (merged["bytes"] == merged["bytes_ref"]).all()
-    assert ((merged["nrmse"] - merged["nrmse_ref"]).abs() <= 1e-12 * merged["nrmse_ref"]).all()
+    # The kernel sums each group's squared errors in float32 lanes (mint/kernels.py): ~1e-7 relative.
+    assert ((merged["nrmse"] - merged["nrmse_ref"]).abs() <= 1e-5 * merged["nrmse_ref"]).all()
     for budget in ("min-safe", "3.5bpw", "4.5bpw", "6bpw"):
         for solver in ("exact", "greedy"):
             a, b = allocate(fused, budget, solver=solver), allocate(reference, budget, solver=solver)
