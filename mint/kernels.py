@@ -7,7 +7,7 @@ L1 while every bit width quantizes it, so nothing the size of the tensor is mate
 config. The codes are those the export stores (the same float32 division and rounding); each
 group's squared error is summed in float32 lanes (vectorised; at most 128 weights, relative error
 ~1e-7) and the groups in float64, so totals agree with the torch path to ~1e-7 (tested), not bit
-for bit: the float64 sum per weight kept the loop scalar and the kernel 1.6x slower.
+for bit: the float64 sum per weight kept the loop scalar and the kernel 1.55x slower.
 
 Scales and biases are rounded to the 16-bit storage dtype here too (`round16`, round to nearest
 even, as torch's `.to(dtype)`), so a chunk of rows needs no torch op but its float32 conversion.
