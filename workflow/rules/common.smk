@@ -250,23 +250,24 @@ def get_budgets(model):
     return config["models"][model]["budgets"]
 
 
-def get_variants(model):
-    """The model's own list of variants, else every variant of the config."""
-    names = config["models"][model].get("variants", VARIANTS)
+def model_variants(model, key, default):
+    """The variant names a model entry lists under `key` (else `default`), each defined under `variants`."""
+    names = config["models"][model].get(key, default)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"model {model}: unknown variants {unknown}; defined: {VARIANTS}")
+        raise ValueError(f"model {model}: {key} names unknown variants {unknown}; defined: {VARIANTS}")
     return names
+
+
+def get_variants(model):
+    """The model's own list of variants, else every variant of the config."""
+    return model_variants(model, "variants", VARIANTS)
 
 
 def get_allocated_only(model):
     """Variants the model allocates at each of its budgets for the tables (the solver table compares the
     greedy with the exact allocation) but does not export, verify or evaluate."""
-    names = config["models"][model].get("allocated_only", [])
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"model {model}: allocated_only names unknown variants {unknown}; defined: {VARIANTS}")
-    return names
+    return model_variants(model, "allocated_only", [])
 
 
 def get_budget_input(wildcards):
