@@ -35,29 +35,37 @@ SPECTRAL_RANK = 256
 KURTOSIS_GROUP = 128
 
 
-# Statistics are taken over float32 pieces of this many weights (converted from the 16-bit dtype
-# one piece at a time), so an embedding of 300M weights needs megabytes of temporaries, not gigabytes.
+# Statistics of other dtypes than bfloat16 and float32 are taken over float32 blocks of about this
+# many weights (converted one block at a time), so an embedding of 300M weights needs megabytes of
+# temporaries, not gigabytes.
 _STATS_CHUNK = 1 << 18
 
 
-def _pieces(w, multiple=1):
-    """Consecutive float32 numpy pieces of the flattened `w`, each a whole number of `multiple`."""
-    x = w.reshape(-1)
-    step = max(1, _STATS_CHUNK // multiple) * multiple
-    for i in range(0, x.numel(), step):
-        yield x[i : i + step].float().contiguous().numpy()
+def _row_blocks(w):
+    """`w` as 2-D blocks of whole rows that the compiled kernels read: bfloat16 as its bit patterns and
+    float32 as is (one block, no copy), any other dtype widened to float32 a block at a time."""
+    x = w.reshape(-1, w.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
+    if x.dtype == torch.bfloat16:
+        yield x.contiguous().view(torch.int16).numpy().view(np.uint16)
+    elif x.dtype == torch.float32:
+        yield x.contiguous().numpy()
+    else:
+        step = max(1, _STATS_CHUNK // max(x.shape[1], 1))
+        for i in range(0, x.shape[0], step):
+            yield x[i : i + step].float().contiguous().numpy()
 
 
-def _moments(w):
-    """(n, mean, sum of squared deviations, sum of 4th powers of deviations), in float64."""
-    n = w.numel()
-    mean = sum(kernels.sum64(p) for p in _pieces(w)) / max(n, 1)
-    m2 = m4 = 0.0
-    for p in _pieces(w):
-        s2, s4 = kernels.central_sums(p, mean)
-        m2 += s2
-        m4 += s4
-    return n, mean, m2, m4
+def _moments(w, group):
+    """One pass over `w`: (n, mean, sum of squared deviations, sum of 4th powers of deviations) in
+    float64, and the excess kurtosis of every group of `group` consecutive weights of a row."""
+    state = np.zeros(5)
+    kurt = np.empty(w.numel() // group)
+    done = 0
+    for block in _row_blocks(w):
+        n_groups = block.size // group
+        kernels.moments(block, group, kurt[done : done + n_groups], state)
+        done += n_groups
+    return (int(state[0]), state[1], state[2], state[4]), kurt
 
 
 def _light_from_moments(n, mean, m2, m4):
@@ -68,23 +76,20 @@ def _light_from_moments(n, mean, m2, m4):
 
 
 def light_stats(w):
-    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, two passes)."""
-    return _light_from_moments(*_moments(w))
+    """Norm, std and excess kurtosis of a matrix: the clustering features (cheap, one pass)."""
+    sums, _ = _moments(w, w.shape[-1])
+    return _light_from_moments(*sums)
 
 
-def _group_kurtosis(w, group=KURTOSIS_GROUP):
-    """Percentiles (50, 90, 99) of the excess kurtosis of groups along the input axis."""
-    if w.shape[-1] % group:
-        group = w.shape[-1]
-    # One output array for all groups: small arrays kept alive between the 1 MiB pieces split the
-    # heap so that no freed piece was reused (a 311M-weight embedding held 1.2 GB this way).
-    kurt = np.empty(w.numel() // group)
-    done = 0
-    for p in _pieces(w, group):
-        kernels.group_kurtosis(p, group, kurt[done : done + len(p) // group])
-        done += len(p) // group
-    p = torch.quantile(torch.from_numpy(kurt), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
-    return dict(group_kurtosis_p50=float(p[0]), group_kurtosis_p90=float(p[1]), group_kurtosis_p99=float(p[2]))
+def _kurtosis_group(w, group=KURTOSIS_GROUP):
+    """Groups of `group` along the input axis, or whole rows when `group` does not divide it."""
+    return group if w.shape[-1] % group == 0 else w.shape[-1]
+
+
+def _group_kurtosis_percentiles(kurt):
+    """Percentiles (50, 90, 99) of the groups' excess kurtosis (linear interpolation, as torch's)."""
+    p50, p90, p99 = np.quantile(kurt, [0.5, 0.9, 0.99])
+    return dict(group_kurtosis_p50=float(p50), group_kurtosis_p90=float(p90), group_kurtosis_p99=float(p99))
 
 
 def spectral_features(w, rank=SPECTRAL_RANK, seed=0):
@@ -113,15 +118,15 @@ def spectral_features(w, rank=SPECTRAL_RANK, seed=0):
 
 def tensor_features(w, spectral=True):
     """All extra features of METHOD.md §2 for one matrix."""
-    n, mean, m2, m4 = _moments(w)
+    (n, mean, m2, m4), kurt = _moments(w, _kurtosis_group(w))
     feats = _light_from_moments(n, mean, m2, m4)
     if n > 1:
-        # Beyond 3 (unbiased) standard deviations from the mean, counted piece by piece.
+        # Beyond 3 (unbiased) standard deviations from the mean: a second pass, which needs both.
         limit = 3 * math.sqrt(m2 / (n - 1))
-        feats["outlier_frac"] = sum(kernels.count_beyond(p, mean, limit) for p in _pieces(w)) / n
+        feats["outlier_frac"] = sum(kernels.count_beyond(b, mean, limit) for b in _row_blocks(w)) / n
     else:
         feats["outlier_frac"] = 0.0
-    feats.update(_group_kurtosis(w))
+    feats.update(_group_kurtosis_percentiles(kurt))
     if spectral:
         feats.update(spectral_features(w))
     return feats

@@ -22,9 +22,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from mint import kernels
 from mint.layouts import HOW_TO_ADD_RULES, PARAMETER_ROLES, LayoutError, family_for, layout_for
 
 # Dtypes on disk we read; anything else (int, fp8 without scales) is a quantized or non-float format.
@@ -519,13 +521,12 @@ class Checkpoint:
         if expert is not None:
             slab = (end - begin) // shape[0]
             begin, end, shape = begin + expert * slab, begin + (expert + 1) * slab, shape[1:]
-        buf = bytearray(end - begin)
+        buf = torch.empty(end - begin, dtype=torch.uint8)  # not zeroed first: every byte is read into it
         with open(path, "rb", buffering=0) as f:
             f.seek(start + begin)
-            if f.readinto(buf) != len(buf):
+            if f.readinto(buf.numpy()) != len(buf):
                 raise OSError(f"file ends before the {end - begin} bytes of {ref.name!r}")
-        torch_dtype = DTYPES.get(dtype) or SCALED_DTYPES.get(dtype) or torch.uint8
-        t = torch.frombuffer(buf, dtype=torch_dtype) if buf else torch.empty(0, dtype=torch_dtype)
+        t = buf.view(DTYPES.get(dtype) or SCALED_DTYPES.get(dtype) or torch.uint8)
         t = t.reshape(shape)
         if dtype in SCALED_DTYPES:
             t = dequantize_blocks(t, self._block_scales(ref, expert), self._block_size())
@@ -593,24 +594,21 @@ def dequantize_blocks(w, scales, block=None):
     return w.float() * full
 
 
-# Weights checked for NaN/Inf per piece (4 MiB of float32 temporaries).
-_FINITE_CHUNK = 1 << 20
+# The exponent bits of the float dtypes (all set: NaN or Inf), and the unsigned view that holds them.
+_EXPONENT_BITS = {torch.bfloat16: (torch.int16, np.uint16, 0x7F80), torch.float16: (torch.int16, np.uint16, 0x7C00),
+                  torch.float32: (torch.int32, np.uint32, 0x7F800000)}
 
 
 def _all_finite(t):
     """True when no value of `t` is NaN or Inf.
 
-    A float32 sum is finite exactly when every value is (NaN and Inf propagate) unless it overflows,
-    so the exact check runs only then: 0.4 ms instead of 10-30 ms for torch.isfinite on a bf16
-    expert of 768 x 2048, which would otherwise be most of the time spent reading it. In pieces, so
-    that a 300M-weight embedding needs megabytes of temporaries, not a float32 copy of itself.
+    From the bit patterns, in one compiled pass (no float copy: a float32 sum per piece had cost as
+    much as reading the tensor); other dtypes and non-contiguous tensors take torch.isfinite.
     """
-    x = t.reshape(-1)
-    for i in range(0, x.numel(), _FINITE_CHUNK):
-        piece = x[i : i + _FINITE_CHUNK]
-        if not (bool(piece.float().sum().isfinite()) or bool(torch.isfinite(piece).all())):
-            return False
-    return True
+    if t.dtype in _EXPONENT_BITS and t.is_contiguous():
+        view, unsigned, mask = _EXPONENT_BITS[t.dtype]
+        return kernels.no_exponent_all_ones(t.reshape(-1).view(view).numpy().view(unsigned), unsigned(mask))
+    return t.numel() == 0 or bool(torch.isfinite(t).all())
 
 
 def _dtype_message(path, name, dtype):

@@ -4,10 +4,13 @@
 maximum are found once at the smallest group size and combined for the larger ones; each group's
 difference to its bias (the rounded minimum, shared by every bit width) is formed once and stays in
 L1 while every bit width quantizes it, so nothing the size of the tensor is materialised per
-config. The codes are those the export stores (the same float32 division and rounding); each
-group's squared error is summed in float32 lanes (vectorised; at most 128 weights, relative error
-~1e-7) and the groups in float64, so totals agree with the torch path to ~1e-7 (tested), not bit
-for bit: the float64 sum per weight kept the loop scalar and the kernel 1.55x slower.
+config. The codes are those the export stores (the same rounding), but that the kernel multiplies
+by the scale's reciprocal where the export divides: a difference within an ulp of a rounding
+midpoint may get the other code, half a step away like the export's, with the same squared error.
+Each group's squared error is summed in float32 lanes with fused multiply-adds (vectorised; at most
+128 weights, relative error ~1e-7) and the groups in float64, so totals agree with the torch path
+to ~1e-7 (tested), not bit for bit: the float64 sum per weight kept the loop scalar and the kernel
+1.55x slower, and the division cost another 1.2x with the separate multiplies and adds.
 
 Scales and biases are rounded to the 16-bit storage dtype here too (`round16`, round to nearest
 even, as torch's `.to(dtype)`), so a chunk of rows needs no torch op but its float32 conversion.
@@ -107,15 +110,19 @@ def _sum_squares(e, n):
     return acc
 
 
-@njit(fastmath={"reassoc"}, cache=True, nogil=True)
-def _group_error(diff, scale, top, g):
-    """Squared error of one group at one bit width, from its differences to the bias: the codes are
-    the export's (the same division and rounding). Reassociation (only of the float32 sum over at
-    most 128 weights, kept in several lanes) lets the loop vectorise."""
+@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+def _group_error(diff, scale, inv, top, g):
+    """Squared error of one group at one bit width, from its differences to the bias. Reassociation
+    (only of the float32 sum over at most 128 weights, kept in several lanes) lets the loop vectorise;
+    contraction makes `q * scale - diff` and the sum of squares fused multiply-adds.
+    The codes are the export's (rint(diff / scale)) but for a diff within an ulp of a rounding
+    midpoint, where diff * inv may round the other way: both codes are then half a step away, so the
+    squared error is the same. `inv` = 1 / scale comes from the caller: computed here, under
+    reassociation, LLVM turns the product back into the division (8% slower, measured)."""
     acc = np.float32(0)
     for j in range(g):
         # np.rint rounds half to even, as torch.round does.
-        q = min(max(np.rint(diff[j] / scale), np.float32(0)), top)
+        q = min(max(np.rint(diff[j] * inv), np.float32(0)), top)
         e = q * scale - diff[j]
         acc += e * e
     return np.float64(acc)
@@ -173,7 +180,7 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
             g = group_sizes[gi]
             per, n_groups = g // base, cols // g
             biases = np.empty(n_groups, np.float32)
-            scales = np.empty((n_groups, n_bits), np.float32)
+            scales = np.empty(n_groups * n_bits, np.float32)
             for k in range(n_groups):
                 w_min, w_max = lo[k * per], hi[k * per]
                 for m in range(1, per):
@@ -182,9 +189,9 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
                 biases[k] = w_min
                 span = w_max - w_min
                 for i in range(n_bits):
-                    scales[k, i] = span / levels[i]
+                    scales[k * n_bits + i] = span / levels[i]
             round16(biases, digits, min_exp, largest)
-            round16(scales.reshape(-1), digits, min_exp, largest)
+            round16(scales, digits, min_exp, largest)
             # Inline and without slices: a call per group with array arguments (reference counting)
             # had cost more than measuring the group at every bit width.
             for k in range(n_groups):
@@ -192,13 +199,14 @@ def rd_errors(x, group_sizes, levels, digits, min_exp, largest, out, energy):
                 for j in range(g):
                     diff[j] = row[start + j] - bias
                 for i in range(n_bits):
-                    if scales[k, i] == 0:
+                    scale = scales[k * n_bits + i]
+                    if scale == 0:
                         # A range that rounds to a zero scale: every code is 0 and w_hat = bias.
                         out[gi * n_bits + i, r] += _sum_squares(diff, g)
                     else:
-                        e = _group_error(diff, scales[k, i], levels[i], g)
+                        e = _group_error(diff, scale, np.float32(1) / scale, levels[i], g)
                         if not np.isfinite(e):
-                            e = _group_error_float64(diff, scales[k, i], levels[i], g)
+                            e = _group_error_float64(diff, scale, levels[i], g)
                         out[gi * n_bits + i, r] += e
 
 
@@ -248,62 +256,84 @@ def quantize_pack(x, group_size, bits, digits, min_exp, largest, words, scales, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics of a matrix (mint/analyze.py's features), over float32 pieces of it. Sums are float64
-# and reassociated (vectorised); the deviations from the mean are taken in float64.
+# Statistics of a matrix (mint/analyze.py's features), read row by row like the RD kernel (bfloat16
+# widened in place), so no float32 copy is made. Sums are float64 and reassociated (vectorised).
 
 
 @njit(fastmath={"reassoc"}, cache=True, nogil=True)
-def sum64(x):
-    """Sum of the float32 array `x` in float64."""
-    acc = 0.0
-    for j in range(x.shape[0]):
-        acc += np.float64(x[j])
-    return acc
-
-
-@njit(fastmath={"reassoc"}, cache=True, nogil=True)
-def central_sums(x, mean):
-    """(sum of (x - mean)**2, sum of (x - mean)**4) in float64."""
-    s2 = 0.0
-    s4 = 0.0
-    for j in range(x.shape[0]):
-        c = np.float64(x[j]) - mean
+def _group_moments(row, start, g):
+    """(mean, sum of (x - mean)**2, **3, **4) of row[start:start + g], in float64."""
+    xs = row[start : start + g]  # a slice, so that indices are known non-negative: contiguous loads
+    total = 0.0
+    for j in range(g):
+        total += np.float64(xs[j])
+    mean = total / g
+    s2 = s3 = s4 = 0.0
+    for j in range(g):
+        c = np.float64(xs[j]) - mean
         c2 = c * c
         s2 += c2
+        s3 += c2 * c
         s4 += c2 * c2
-    return s2, s4
+    return mean, s2, s3, s4
+
+
+@njit(cache=True, nogil=True)
+def _merge_moments(state, nb, mb, m2b, m3b, m4b):
+    """Merge a part's (count, mean, central sums of powers 2-4) into `state` = [n, mean, M2, M3, M4]:
+    the exact pairwise combination of Chan et al. and Pebay (2008), stable in float64."""
+    na, ma, m2a, m3a, m4a = state[0], state[1], state[2], state[3], state[4]
+    n = na + nb
+    d = mb - ma
+    dn = d / n
+    state[0] = n
+    state[1] = ma + dn * nb
+    state[2] = m2a + m2b + d * dn * na * nb
+    state[3] = m3a + m3b + d * dn * dn * na * nb * (na - nb) + 3 * dn * (na * m2b - nb * m2a)
+    state[4] = (m4a + m4b + d * dn * dn * dn * na * nb * (na * na - na * nb + nb * nb)
+                + 6 * dn * dn * (na * na * m2b + nb * nb * m2a) + 4 * dn * (na * m3b - nb * m3a))
+
+
+@njit(cache=True, nogil=True)
+def moments(x, group, kurt, state):
+    """One pass over `x` [rows, cols] (float32, or bfloat16 as uint16 bit patterns; `group` divides
+    cols): the excess kurtosis of each group of `group` consecutive values of a row into `kurt`
+    (row-major; 0 for a constant group), and every value merged into `state` = [n, mean, M2, M3, M4]
+    (central sums of powers), which may hold earlier blocks' values already."""
+    rows, cols = x.shape
+    per_row = cols // group
+    row = np.empty(cols, np.float32)
+    for r in range(rows):
+        row_float32(x, r, row)
+        for k in range(per_row):
+            mean, s2, s3, s4 = _group_moments(row, k * group, group)
+            var = s2 / group
+            kurt[r * per_row + k] = s4 / group / (var * var) - 3 if var > 0 else 0.0
+            _merge_moments(state, group, mean, s2, s3, s4)
 
 
 @njit(cache=True, nogil=True)
 def count_beyond(x, mean, limit):
-    """How many of `x` lie farther than `limit` from `mean`, compared in float32 as torch does
-    (a float32 tensor against Python floats)."""
+    """How many of `x` [rows, cols] (as `moments` takes it) lie farther than `limit` from `mean`,
+    compared in float32 as torch does (a float32 tensor against Python floats)."""
     m, lim = np.float32(mean), np.float32(limit)
+    row = np.empty(x.shape[1], np.float32)
     n = 0
-    for j in range(x.shape[0]):
-        n += abs(x[j] - m) > lim
+    for r in range(x.shape[0]):
+        row_float32(x, r, row)
+        for j in range(x.shape[1]):
+            n += abs(row[j] - m) > lim
     return n
 
 
-@njit(fastmath={"reassoc"}, cache=True, nogil=True)
-def group_kurtosis(x, group, out):
-    """Excess kurtosis of each group of `group` consecutive values of `x` into `out` (0 for a
-    constant group), moments in float64."""
-    for k in range(out.shape[0]):
-        xs = x[k * group : (k + 1) * group]
-        mean = 0.0
-        for j in range(group):
-            mean += np.float64(xs[j])
-        mean /= group
-        s2 = 0.0
-        s4 = 0.0
-        for j in range(group):
-            c = np.float64(xs[j]) - mean
-            c2 = c * c
-            s2 += c2
-            s4 += c2 * c2
-        var = s2 / group
-        out[k] = s4 / group / (var * var) - 3 if var > 0 else 0.0
+@njit(cache=True, nogil=True)
+def no_exponent_all_ones(bits, mask):
+    """True when no value of the float array given as its unsigned bit patterns `bits` (1-D) has
+    every exponent bit (`mask`) set, i.e. none is NaN or Inf. Without an early exit, so it vectorises."""
+    found = False
+    for j in range(bits.shape[0]):
+        found |= (bits[j] & mask) == mask
+    return not found
 
 
 def set_threads(n):

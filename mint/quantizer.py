@@ -233,12 +233,13 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, pe
             per_rows[i] = float("nan")
     energy = torch.zeros(rows, dtype=torch.float64)
     kernels.set_threads(torch.get_num_threads())
-    chunk = max(1, _CHUNK_ELEMENTS // max(cols, 1))
+    # bfloat16 goes into the kernel as its bit patterns (widened there, row by row): one pass less,
+    # and no float32 temporary, so the whole matrix is one call. Other dtypes are widened in chunks.
+    bf16 = w.dtype == torch.bfloat16 and fused and not clipped
+    chunk = rows if bf16 else max(1, _CHUNK_ELEMENTS // max(cols, 1))
     for start in range(0, rows, chunk):
         piece = w[start : start + chunk]
         span = slice(start, start + len(piece))
-        # bfloat16 goes into the kernel as its bit patterns (widened there): one pass less.
-        bf16 = piece.dtype == torch.bfloat16 and fused and not clipped
         block = None if bf16 else piece.float().contiguous()
         if fused:
             x = piece.contiguous().view(torch.int16).numpy().view(np.uint16) if bf16 else block.numpy()
