@@ -11,13 +11,20 @@ Not a test: run it by hand.
 
 import argparse
 import importlib.util
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numba
-import numpy as np
-import torch
+# numba's caches of this run in a folder of their own: the baseline's module is loaded under another
+# name, and its cache, written next to its source, would break that checkout's `mint` (numba would
+# look for this module name when `mint.kernels` reloads it).
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="kernel_bench-numba-"))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mint import kernels  # noqa: E402

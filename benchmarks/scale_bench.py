@@ -13,8 +13,11 @@ pipeline does, one process per shard with one thread each, `--workers` at a time
    estimate (relative error, and |error| / its standard error), and how many units change their
    config in `mint allocate` at a few budgets;
 4. extrapolation to the full Qwen3-30B-A3B (48 layers, 30.5B parameters): the per-layer time
-   (thread-seconds of the layer shards / layers) times 48, plus the embedding and head shards,
-   over `--workers` processes; next to the published pipeline's ~50 min on a 24-core M2 Ultra;
+   (thread-seconds of the layer shards / layers) times 48, plus the embedding and head shards, plus
+   a process start-up per shard of the real checkpoint, over `--workers` processes; next to the
+   published pipeline's ~50 min on a 24-core M2 Ultra. A start-up is the same command run on a
+   tiny checkpoint of the same layout (imports, numba loading its cached kernels, writing the
+   tables), so that what a process pays once is not multiplied by 48 with the per-layer work;
 5. exact and greedy allocation of 20,000 units x 19 options (benchmarks/allocate_bench.py's model);
 6. `mint quantize` export (`--workers` forked workers): bytes written per second and peak resident
    memory (the largest process's; CPU time sums the workers').
@@ -173,8 +176,28 @@ def stage_rates(ckpt, args):
     return out
 
 
-def analysis_mode(name, ckpt, args, extra, workdir, startup):
-    """`mint analyze` of every shard (cold cache), one process per shard. Returns a summary dict."""
+def tiny_checkpoint(workdir):
+    """A checkpoint of the same layout with tiny tensors (40 experts, so that a unit is clustered):
+    what a process costs before its work (imports, loading numba's cached kernels, writing tables)."""
+    path = workdir / "tiny"
+    if not (path / "config.json").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        run_jobs([["synth", "--out", str(path), "--layers", "1", "--experts", "40", "--hidden", "64",
+                   "--expert-width", "32", "--vocab", "256", "--planted", "1"]], 1, workdir / "logs" / "tiny")
+    return path
+
+
+def analysis_mode(name, ckpt, args, extra, workdir):
+    """`mint analyze` of every shard (cold cache), one process per shard. Returns a summary dict.
+
+    A process's start-up is measured by the same command on the tiny checkpoint (all its shards in
+    one process): counted once per shard of the full model, not in the per-layer time.
+    """
+    tiny = tiny_checkpoint(workdir)
+    tiny_out = workdir / f"tiny-analysis-{name}"
+    shutil.rmtree(tiny_out, ignore_errors=True)
+    (startup,), _ = run_jobs([["analyze", "--checkpoint", str(tiny), "--out", str(tiny_out), "--threads", "1",
+                               "--no-spectral", *extra]], 1, workdir / "logs" / f"startup-analyze-{name}")
     out = workdir / f"analysis-{name}"
     shutil.rmtree(out, ignore_errors=True)
     evict([ckpt.path / s for s in ckpt.shards])
@@ -182,7 +205,7 @@ def analysis_mode(name, ckpt, args, extra, workdir, startup):
                  "--shard", s, "--threads", "1", "--no-spectral", *extra] for s in ckpt.shards]
     jobs, wall = run_jobs(commands, args.workers, workdir / "logs" / name)
     kinds = shard_kinds(ckpt)
-    summary = dict(name=name, out=out, wall=wall, peak_mib=max(j[1] for j in jobs), params=ckpt.n_params(),
+    summary = dict(name=name, out=out, tiny_out=tiny_out, wall=wall, peak_mib=max(j[1] for j in jobs), params=ckpt.n_params(),
                    layer_params=sum(kinds[s][1] for s in ckpt.shards if not kinds[s][0]),
                    cpu=sum(j[2] for j in jobs))
     # Process start-up (imports) is counted once per shard job, so it is taken out of the per-layer and
@@ -192,6 +215,8 @@ def analysis_mode(name, ckpt, args, extra, workdir, startup):
         summary[f"fixed_{clock}"] = sum(w for w, s in zip(work, ckpt.shards) if kinds[s][0])
         summary[f"layer_{clock}"] = sum(w for w, s in zip(work, ckpt.shards) if not kinds[s][0]) / args.layers
         summary[f"startup_{clock}"] = startup[col]
+    print(f"{name:<10} start-up of a process (the same command on a tiny checkpoint) {startup[0]:.1f} s wall, "
+          f"{startup[2]:.1f} s CPU")
     print(f"{name:<10} wall {wall:6.1f} s ({rate(summary['params'], wall)} on {args.workers} workers), CPU "
           f"{summary['cpu']:6.1f} s; after start-up, per layer {summary['layer_wall']:5.1f} s wall / {summary['layer_cpu']:5.1f} s CPU "
           f"({rate(summary['layer_params'] / args.layers, summary['layer_cpu'])} per CPU-s), embedding+head "
@@ -208,6 +233,16 @@ def build_units(name, ckpt, analysis, workdir):
            "--out", str(out), "--no-spectral"]
     jobs, _ = run_jobs([cmd], 1, workdir / "logs" / f"experts-{name}")
     return out, jobs[0]
+
+
+def experts_startup(name, analysis, workdir):
+    """(wall, peak, CPU) of `mint experts` on the tiny checkpoint's analysis: its start-up."""
+    out = workdir / f"tiny-units-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = ["experts", "--checkpoint", str(workdir / "tiny"), "--analysis", str(analysis), "--out", str(out),
+           "--no-spectral"]
+    jobs, _ = run_jobs([cmd], 1, workdir / "logs" / f"startup-experts-{name}")
+    return jobs[0]
 
 
 def compare_curves(exact_dir, sampled_dir):
@@ -278,20 +313,21 @@ def main():
     stage_rates(ckpt, args)
 
     print(f"\n== mint analyze end to end, cold page cache, {args.workers} shard processes x 1 thread ==")
-    (startup,), _ = run_jobs([["analyze", "--help"]], 1, workdir / "logs" / "startup-analyze")
-    print(f"start-up of a `mint analyze` process (imports): {startup[0]:.1f} s wall, {startup[2]:.1f} s CPU")
-    exact = analysis_mode("exact", ckpt, args, ["--cluster-threshold", "100000"], workdir, startup)
+    exact = analysis_mode("exact", ckpt, args, ["--cluster-threshold", "100000"], workdir)
     sampled = analysis_mode("sampled", ckpt, args, ["--cluster-threshold", "100000", "--sample-rows",
-                                                    str(args.sample_rows)], workdir, startup)
-    clustered = analysis_mode("clustered", ckpt, args, [], workdir, startup)
-    # `mint experts` has a fixed start-up (imports): extrapolated once, the rest per layer.
-    (startup_wall, _, startup_cpu), = run_jobs([["experts", "--help"]], 1, workdir / "logs" / "startup")[0]
+                                                    str(args.sample_rows)], workdir)
+    clustered = analysis_mode("clustered", ckpt, args, [], workdir)
+    # `mint experts` is one process for the whole model: its start-up (the same command on the tiny
+    # checkpoint) is counted once, the rest per layer.
     units = {}
     for mode in (exact, sampled, clustered):
+        startup_wall, _, startup_cpu = experts_startup(mode["name"], mode["tiny_out"], workdir)
+        mode["experts_startup_wall"], mode["experts_startup_cpu"] = startup_wall, startup_cpu
         out, (seconds, peak, cpu) = build_units(mode["name"], ckpt, mode["out"], workdir)
         units[mode["name"]] = out
         mode["experts_wall"], mode["experts_peak"], mode["experts_cpu"] = seconds, peak, cpu
-        print(f"mint experts ({mode['name']}): {seconds:.1f} s wall, {cpu:.1f} s CPU, peak RSS {peak:.0f} MiB")
+        print(f"mint experts ({mode['name']}): {seconds:.1f} s wall, {cpu:.1f} s CPU, peak RSS {peak:.0f} MiB; "
+              f"start-up (tiny checkpoint) {startup_wall:.1f} s wall, {startup_cpu:.1f} s CPU")
 
     print("\n== accuracy cost of the shortcuts (against every expert measured exactly) ==")
     c = compare_curves(exact["out"], sampled["out"])
@@ -322,7 +358,7 @@ def main():
         for clock in ("wall", "cpu"):
             analysis = (mode[f"fixed_{clock}"] + FULL_LAYERS * mode[f"layer_{clock}"]
                         + FULL_SHARDS * mode[f"startup_{clock}"]) / args.workers
-            startup = startup_wall if clock == "wall" else startup_cpu
+            startup = mode[f"experts_startup_{clock}"]
             experts_s = startup + max(0.0, mode[f"experts_{clock}"] - startup) * FULL_LAYERS / args.layers
             total = analysis + experts_s
             line.append(f"{clock:>4}: analyze {analysis / 60:5.1f} + experts {experts_s / 60:4.1f} = {total / 60:5.1f} min "

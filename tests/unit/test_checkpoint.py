@@ -337,3 +337,24 @@ def test_expert_count_checked_against_config(tmp_path):
     path = write_toy(tmp_path / "gap", tensors, {"model_type": "toy"})
     with pytest.raises(CheckpointError, match=r"expert indices \[1\]"):
         Checkpoint(path, rules=TOY_RULES)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_finite_check_equals_torch_isfinite(dtype):
+    """The NaN/Inf check from the exponent bits against torch.isfinite: the extremes of each dtype
+    (largest finite, smallest subnormal, -0) pass, one NaN or +-Inf anywhere fails, and a
+    non-contiguous view takes the torch path."""
+    from mint.checkpoint import _all_finite
+
+    info = torch.finfo(dtype)
+    torch.manual_seed(0)
+    w = torch.randn(33, 70).to(dtype)
+    w[0, :4] = torch.tensor([info.max, -info.max, info.smallest_normal * info.eps, -0.0], dtype=dtype)
+    assert _all_finite(w) and bool(torch.isfinite(w).all())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for position in [(0, 0), (16, 35), (32, 69)]:
+            broken = w.clone()
+            broken[position] = bad
+            assert _all_finite(broken) == bool(torch.isfinite(broken).all()) is False
+            assert _all_finite(broken.t()) is False  # non-contiguous
+    assert _all_finite(w[:, ::2]) and _all_finite(w[:0])
