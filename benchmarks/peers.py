@@ -208,6 +208,8 @@ def main():
     p.add_argument("--baseline", type=Path, help="a folder holding an earlier `mint` package (e.g. `git archive "
                    "REV mint | tar -x -C DIR`): its analysis and export run alternating with this one's")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint and outputs")
+    p.add_argument("--no-gguf", action="store_true", help="skip the GGUF contenders (mint's measures every "
+                   "tensor in 12 ggml types: minutes per round at the default size)")
     args = p.parse_args()
     if args.quick:
         args.experts, args.vocab = 48, 8000  # above 32 experts, so the clustered analysis clusters
@@ -290,10 +292,11 @@ def main():
     export = measure(runs, args.repeats)
     mint_bytes = tensor_bytes(mint_out)
 
-    print("\n== GGUF export ==")
-    mint_gguf, llama_gguf, same_types = gguf_contenders(ckpt, work, str(mlx_bytes), log)
-    gguf_results = measure([mint_gguf, llama_gguf], args.repeats)
-    gguf_same = same_types()
+    if not args.no_gguf:
+        print("\n== GGUF export ==")
+        mint_gguf, llama_gguf, same_types = gguf_contenders(ckpt, work, str(mlx_bytes), log)
+        gguf_results = measure([mint_gguf, llama_gguf], args.repeats)
+        gguf_same = same_types()
 
     load = os.getloadavg()
     print(f"\n== ratios (how many times faster / the peaks) on {params / 1e9:.3f}B parameters; load average "
@@ -304,8 +307,9 @@ def main():
             f"{8 * mlx_bytes / params:.3f} bpw)")
     compare("mint quantize, 1 process, vs mlx_lm.convert", export, "mint quantize (1 process)",
             "mlx_lm.convert -q 4-bit g64")
-    compare("mint GGUF export vs llama.cpp's own", gguf_results, "mint convert --format gguf",
-            "llama.cpp convert + quantize", f"; same tensor types: {gguf_same}")
+    if not args.no_gguf:
+        compare("mint GGUF export vs llama.cpp's own", gguf_results, "mint convert --format gguf",
+                "llama.cpp convert + quantize", f"; same tensor types: {gguf_same}")
     if args.baseline:
         compare("mint quantize vs baseline quantize", export, f"mint quantize ({args.workers} workers)",
                 "baseline quantize")
