@@ -203,8 +203,24 @@ def round_trip(w, name):
     return dequantize(quantize(w, name), name, w.shape)
 
 
+# squared_error works on blocks of rows of about this many weights (ggml quantizes each row alone):
+# its temporaries (the blocks, the rebuilt weights, their difference in float64) are a block's.
+_ERROR_BLOCK_ELEMENTS = 1 << 22
+
+
+def sum_squares(x):
+    """sum(x**2) in float64."""
+    x = x.ravel()
+    return float(np.dot(x.astype(np.float64), x))
+
+
 def squared_error(w, name):
     """(sum of squared errors of `w` stored as `name`, sum of squares of `w`), both float64."""
-    w = np.asarray(w, dtype=np.float32)
-    err = round_trip(w, name) - w
-    return float(np.dot(err.ravel().astype(np.float64), err.ravel())), float(np.dot(w.ravel().astype(np.float64), w.ravel()))
+    rows = _rows(w)
+    step = max(1, _ERROR_BLOCK_ELEMENTS // max(rows.shape[1], 1))
+    err = energy = 0.0
+    for start in range(0, rows.shape[0], step):
+        block = rows[start : start + step]
+        err += sum_squares(round_trip(block, name) - block)
+        energy += sum_squares(block)
+    return err, energy

@@ -247,30 +247,71 @@ def aligned(n_bytes, alignment):
 # Measurement: RD curves in ggml types
 
 
-def rd_points(w, types):
-    """[(type, sum of squared errors)] of matrix `w` for each ggml type, and ||w||^2."""
-    energy = float(np.dot(w.ravel().astype(np.float64), w.ravel()))
-    return [(t, ggml.squared_error(w, t)[0]) for t in types], energy
+# Plain tensors are decoded and measured in blocks of rows of about this many weights, so that a
+# 151,936 x 2048 embedding needs tens of megabytes of float32, not 1.2 GB (and its error
+# temporaries several times that).
+_MEASURE_BLOCK_ELEMENTS = 1 << 22
 
 
-def _rows(ident, w, types, own_type):
-    points, energy = rd_points(w, types)
+class TensorRows:
+    """A GGUF tensor as float32 rows [n_rows, n] on demand: the bytes of the rows asked for are read
+    with one pread and decoded by ggml. Not through gguf-py's memory map, whose pages would stay in
+    the resident set until the file is closed (a whole 16-bit model by the end)."""
+
+    def __init__(self, path, tensor):
+        self.path, self.type = path, type_name(tensor)
+        shape = numpy_shape(tensor)
+        self.n = shape[-1]
+        self.n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        self.row_bytes = ggml.row_bytes(self.type, self.n)
+        self.offset = int(tensor.data_offset)
+
+    def read(self, start, stop):
+        raw = np.empty((stop - start) * self.row_bytes, dtype=np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset + start * self.row_bytes)
+            if f.readinto(raw) != raw.size:
+                raise GGUFError(f"{self.path}: file ends inside a tensor's data")
+        return ggml.dequantize(raw, self.type, (stop - start, self.n))
+
+    def blocks(self, start=0, stop=None):
+        """Consecutive float32 blocks of whole rows of [start, stop)."""
+        stop = self.n_rows if stop is None else stop
+        step = max(1, _MEASURE_BLOCK_ELEMENTS // max(self.n, 1))
+        for i in range(start, stop, step):
+            yield self.read(i, min(i + step, stop))
+
+
+def rd_points(blocks, types):
+    """[(type, sum of squared errors)] of a matrix given as blocks of rows, for each ggml type, and ||w||^2."""
+    errors, energy = dict.fromkeys(types, 0.0), 0.0
+    for w in blocks:
+        energy += ggml.sum_squares(w)
+        for t in types:
+            errors[t] += ggml.squared_error(w, t)[0]
+    return list(errors.items()), energy
+
+
+def _rows(ident, blocks, shape, types, own_type):
+    points, energy = rd_points(blocks, types)
     rows = []
     for t, err in points:
         nrmse, sqnr = quantizer.nrmse_sqnr(err, energy)
         rows.append(dict(ident, ggml_type=t, bits=ggml.NOMINAL_BITS[t], group_size=ggml.block_size(t),
-                         bytes=ggml.tensor_bytes(t, w.shape), nrmse=nrmse, sqnr_db=sqnr))
+                         bytes=ggml.tensor_bytes(t, shape), nrmse=nrmse, sqnr_db=sqnr))
     rows.append(dict(ident, ggml_type=own_type, bits=ggml.NOMINAL_BITS[own_type], group_size=0,
-                     bytes=ggml.tensor_bytes(own_type, w.shape), nrmse=0.0, sqnr_db=quantizer.EXACT_SQNR_DB))
+                     bytes=ggml.tensor_bytes(own_type, shape), nrmse=0.0, sqnr_db=quantizer.EXACT_SQNR_DB))
     return rows
 
 
-def measure_tensor(tensor, cluster_threshold=CLUSTER_THRESHOLD, k=CLUSTERS_PER_UNIT, seed=0):
-    """RD rows of one GGUF tensor: one row per (expert, ggml type); expert -1 for a plain tensor.
+def measure_tensor(path, tensor, cluster_threshold=CLUSTER_THRESHOLD, k=CLUSTERS_PER_UNIT, seed=0):
+    """RD rows of one tensor of the GGUF at `path`: one row per (expert, ggml type); expert -1 for a
+    plain tensor.
 
     The unquantized option is the type the converter stored (16-bit, or F32 where llama.cpp keeps
     F32). A routed-expert stack of more than `cluster_threshold` experts is clustered on light
-    statistics and only its representatives are measured (METHOD.md §3).
+    statistics and only its representatives are measured (METHOD.md §3). Weights are decoded a
+    block of rows (or an expert) at a time.
     """
     name, own = tensor.name, type_name(tensor)
     if own not in ggml.TYPE_IDS:
@@ -279,17 +320,21 @@ def measure_tensor(tensor, cluster_threshold=CLUSTER_THRESHOLD, k=CLUSTERS_PER_U
     role = tensor_role(name)
     ident = dict(unit=name, tensor=name, role=role, layer=tensor_layer(name), proj="")
     types = ggml.offered_types(shape[-1]) if allows_quantization(name, n_dims(tensor)) else ()
-    w = tensor_values(tensor)
-    if role != "routed_expert" or w.ndim != 3:
-        w2 = w.reshape(-1, shape[-1])
-        return _rows(dict(ident, expert=-1, n_params=w.size), w2, types, own), None
-    n_experts = w.shape[0]
-    ident = dict(ident, n_params=w[0].size)
+    rows = TensorRows(path, tensor)
+    if role != "routed_expert" or len(shape) != 3:
+        n_params = int(np.prod(shape, dtype=np.int64))
+        return _rows(dict(ident, expert=-1, n_params=n_params), rows.blocks(), shape, types, own), None
+    n_experts, per = shape[0], shape[1]
+    ident = dict(ident, n_params=per * shape[2])
+
+    def expert(e):
+        return rows.read(e * per, (e + 1) * per)
+
     if n_experts <= cluster_threshold or not types:
-        return [r for e in range(n_experts) for r in _rows(dict(ident, expert=e), w[e], types, own)], None
-    stats = pd.DataFrame([dict(expert=e, **light_stats(torch.from_numpy(w[e]))) for e in range(n_experts)])
+        return [r for e in range(n_experts) for r in _rows(dict(ident, expert=e), [expert(e)], shape[1:], types, own)], None
+    stats = pd.DataFrame([dict(expert=e, **light_stats(torch.from_numpy(expert(e)))) for e in range(n_experts)])
     labels, reps, distance = cluster_experts(stats, k, seed)
-    curves = {label: _rows(dict(ident, expert=pos), w[pos], types, own) for label, pos in reps.items()}
+    curves = {label: _rows(dict(ident, expert=pos), [expert(pos)], shape[1:], types, own) for label, pos in reps.items()}
     rows = [dict(r, expert=e) for e in range(n_experts) for r in curves[int(labels[e])]]
     clusters = pd.DataFrame(dict(unit=name, expert=np.arange(n_experts), cluster=labels,
                                  representative=[reps[int(l)] for l in labels], distance=distance))
@@ -320,7 +365,7 @@ def measure_gguf(path, cluster_threshold=CLUSTER_THRESHOLD, k=CLUSTERS_PER_UNIT,
     reader = read_gguf(path)
     rows, clusters = [], []
     for tensor in tqdm(reader.tensors, desc="measure (ggml)", unit="tensor", disable=not progress):
-        r, c = measure_tensor(tensor, cluster_threshold, k, seed)
+        r, c = measure_tensor(path, tensor, cluster_threshold, k, seed)
         rows += r
         if c is not None:
             clusters.append(c)
