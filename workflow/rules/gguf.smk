@@ -13,9 +13,12 @@ rule gguf_compare:
         "logs/{model}/gguf_compare.log",
     benchmark:
         "results/benchmarks/{model}/gguf_compare.tsv"
-    threads: 2
-    # First among ready jobs: left to the end, these two-core jobs had run one after another
-    # while nothing else could (about 20 of make tables' 84 minutes).
+    # One thread: on the reference models this job's CPU time is at most its wall time even when
+    # given two (results/benchmarks/*/gguf_compare), and a two-core job could only start once both cores
+    # were free, which Snakemake reached only at the end: these jobs then ran one at a time beside
+    # an idle core for the last ~30 minutes of make tables. First among ready jobs, so that they
+    # start as soon as their inputs exist.
+    threads: 1
     priority: 10
     resources:
         mem_mb=4000,
