@@ -212,3 +212,15 @@ def test_features_equal_float64_brute_force(shape, dtype, offset, monkeypatch):
     p = torch.quantile(kurt, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
     for value, name in zip(p.tolist(), ("p50", "p90", "p99")):
         assert feats[f"group_kurtosis_{name}"] == pytest.approx(value, rel=1e-9)
+
+
+def test_equidistant_members_give_the_first_as_representative():
+    """A two-member cluster's members are equidistant from its centre: the first stands for it,
+    whichever way the features' last digits fall (they follow the summation order)."""
+    base = pd.DataFrame(dict(norm=[1.0, 1.0, 5.0, 5.0], std=[0.1, 0.1, 0.5, 0.5], kurtosis=[0.0, 0.2, 3.0, 3.4]))
+    for nudge in (1e-13, -1e-13):
+        stats = base.copy()
+        stats.loc[1, "kurtosis"] += nudge
+        stats.loc[3, "kurtosis"] -= nudge
+        _, reps, _ = experts.cluster_experts(stats, k=2)
+        assert sorted(reps.values()) == [0, 2]
