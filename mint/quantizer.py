@@ -236,7 +236,7 @@ def squared_errors(w, configs=CONFIGS, scale_dtype=torch.float16, clip=False, pe
     # bfloat16 goes into the kernel as its bit patterns (widened there, row by row): one pass less,
     # and no float32 temporary, so the whole matrix is one call. Other dtypes are widened in chunks.
     bf16 = w.dtype == torch.bfloat16 and fused and not clipped
-    chunk = rows if bf16 else max(1, _CHUNK_ELEMENTS // max(cols, 1))
+    chunk = max(1, rows) if bf16 else max(1, _CHUNK_ELEMENTS // max(cols, 1))
     for start in range(0, rows, chunk):
         piece = w[start : start + chunk]
         span = slice(start, start + len(piece))

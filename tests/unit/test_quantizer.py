@@ -80,6 +80,14 @@ def test_constant_and_zero_groups():
     assert qz.nrmse_sqnr(0.0, 0.0) == (0.0, qz.EXACT_SQNR_DB)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_squared_errors_of_a_matrix_without_rows(dtype):
+    """No rows, no error: the bfloat16 path measures a matrix in one call, whose chunk of rows must
+    still be at least one."""
+    errors, energy = qz.squared_errors(torch.zeros(0, 64, dtype=dtype), scale_dtype=torch.bfloat16)
+    assert energy == 0 and float(errors.nansum()) == 0
+
+
 @pytest.mark.parametrize("bits", qz.BITS)
 def test_pack_round_trip(bits):
     gen = torch.Generator().manual_seed(bits)
