@@ -274,12 +274,11 @@ class TensorRows:
                 raise GGUFError(f"{self.path}: file ends inside a tensor's data")
         return ggml.dequantize(raw, self.type, (stop - start, self.n))
 
-    def blocks(self, start=0, stop=None):
-        """Consecutive float32 blocks of whole rows of [start, stop)."""
-        stop = self.n_rows if stop is None else stop
+    def blocks(self):
+        """Consecutive float32 blocks of whole rows, every row once."""
         step = max(1, _MEASURE_BLOCK_ELEMENTS // max(self.n, 1))
-        for i in range(start, stop, step):
-            yield self.read(i, min(i + step, stop))
+        for i in range(0, self.n_rows, step):
+            yield self.read(i, min(i + step, self.n_rows))
 
 
 def rd_points(blocks, types):
